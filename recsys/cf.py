@@ -500,13 +500,14 @@ class ItemKNNRecommender(_ImplicitModel):
         self.num_threads = num_threads
 
     def _implicit(self):
+        knn, threads = nearest_neighbours, self.num_threads
         if self.similarity == "cosine":
-            return nearest_neighbours.CosineRecommender(K=self.neighbours, num_threads=self.num_threads)
+            return knn.CosineRecommender(K=self.neighbours, num_threads=threads)
         if self.similarity == "bm25":
-            return nearest_neighbours.BM25Recommender(K=self.neighbours, K1=self.bm25_k1, B=self.bm25_b,
-                                      num_threads=self.num_threads)
+            return knn.BM25Recommender(K=self.neighbours, K1=self.bm25_k1, B=self.bm25_b,
+                                       num_threads=threads)
         if self.similarity == "tfidf":
-            return nearest_neighbours.TFIDFRecommender(K=self.neighbours, num_threads=self.num_threads)
+            return knn.TFIDFRecommender(K=self.neighbours, num_threads=threads)
         raise ValueError(f"similarity must be cosine, bm25 or tfidf, got {self.similarity!r}")
 
     def _fit(self, user_items: sp.csr_matrix) -> None:

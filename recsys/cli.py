@@ -1,0 +1,159 @@
+"""The ``stylerec`` command line: fit, recommend, demo (and the stages that plug in)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys.cf import MODELS, Recommender, create_model
+from recsys.interactions import WEIGHTINGS, load_interactions
+
+log = logging.getLogger("stylerec")
+
+
+def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["factors=64", "alpha=2.0", "similarity=bm25"]`` → typed keyword arguments."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"--param expects key=value, got {pair!r}")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options that say how to read an interaction log."""
+    group = parser.add_argument_group("interaction log")
+    group.add_argument("--interactions", type=Path, required=True,
+                       help="CSV/TSV/Parquet log; H&M transactions.csv and MovieLens u.data "
+                            "are recognised without column options")
+    group.add_argument("--user-col", help="column with user ids")
+    group.add_argument("--item-col", help="column with item ids")
+    group.add_argument("--time-col", help="column with timestamps (optional)")
+    group.add_argument("--value-col", help="column with ratings/quantities (optional)")
+    group.add_argument("--weighting", choices=WEIGHTINGS, default="count",
+                       help="how interactions become confidence weights (default: count)")
+    group.add_argument("--half-life-days", type=float,
+                       help="half-life for --weighting recency")
+
+
+def load_from_args(args: argparse.Namespace):
+    return load_interactions(
+        args.interactions, args.user_col, args.item_col, args.time_col, args.value_col,
+        weighting=args.weighting, half_life_days=args.half_life_days,
+    )
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    data = load_from_args(args)
+    model = create_model(args.model, **parse_params(args.param)).fit(data)
+    path = model.save(args.out)
+    print(f"fitted {model!r} on {data}; saved to {path}")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    model = Recommender.load(args.model_dir)
+    items, scores = model.recommend(args.user, k=args.k, filter_seen=not args.keep_seen)
+    result = [
+        {"user_id": u, "items": [
+            {"item_id": i, "score": float(s)} for i, s in zip(row_i, row_s, strict=True) if i
+        ]}
+        for u, row_i, row_s in zip(args.user, items, scores, strict=True)
+    ]
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for slate in result:
+            print(f"user {slate['user_id']}:")
+            for rank, entry in enumerate(slate["items"], 1):
+                print(f"  {rank:2d}. {entry['item_id']}  {entry['score']:.4f}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from recsys.demo import run_demo
+
+    run_demo(args.data, args.out, n_customers=args.customers, k=args.k, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stylerec",
+        description="Visually personalised product recommendation: collaborative filtering, "
+                    "image-based taste re-ranking, and renders of products in each shopper's "
+                    "matched style.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fit = sub.add_parser("fit", help="fit a collaborative-filtering model and save it",
+                         description="Fit a CF model on an interaction log and save it to a "
+                                     "directory (model.json + arrays.npz, no pickle).")
+    add_data_arguments(fit)
+    fit.add_argument("--model", choices=sorted(MODELS), default="als",
+                     help="CF model (default: als)")
+    fit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="model hyperparameter, repeatable (e.g. --param factors=64)")
+    fit.add_argument("--out", type=Path, required=True, help="directory to save the model to")
+    fit.set_defaults(func=cmd_fit)
+
+    rec = sub.add_parser("recommend", help="top-k items for users from a saved model",
+                         description="Print the top-k items for one or more users.")
+    rec.add_argument("--model-dir", type=Path, required=True, help="directory written by fit")
+    rec.add_argument("--user", action="append", required=True, help="user id, repeatable")
+    rec.add_argument("-k", type=int, default=10, help="slate length (default: 10)")
+    rec.add_argument("--keep-seen", action="store_true", help="do not drop items already seen")
+    rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rec.set_defaults(func=cmd_recommend)
+
+    demo = sub.add_parser("demo", help="end-to-end demo on the bundled data/ folder",
+                          description="Fit on data/, print slates for a few customers and "
+                                      "write an HTML page of the results.")
+    demo.add_argument("--data", type=Path, default=Path("data"))
+    demo.add_argument("--out", type=Path, default=Path("out/demo"))
+    demo.add_argument("--customers", type=int, default=3)
+    demo.add_argument("-k", type=int, default=10)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+
+    for module, hook in (("evaluation.cli", "add_evaluate_parser"),
+                         ("stylers.cli", "add_render_parser"),
+                         ("evaluation.bench", "add_bench_parser")):
+        try:
+            add = getattr(__import__(module, fromlist=[hook]), hook)
+        except (ImportError, AttributeError):
+            continue  # that stage is not installed in this build
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    np.set_printoptions(precision=4)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"stylerec {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from recsys import Interactions, Recommender, create_model
+from recsys.cf import top_k
+
+FACTOR_PARAMS = {
+    # the data has rank two, so two factors (plus implicit's bias column for BPR) suffice
+    "als": {"factors": 2, "iterations": 20, "regularization": 0.01, "alpha": 10.0},
+    "bpr": {"factors": 3, "iterations": 300, "learning_rate": 0.05},
+    "lmf": {"factors": 2, "iterations": 60},
+    "itemknn": {"similarity": "cosine"},
+}
+
+
+@pytest.fixture(scope="module")
+def blocks():
+    """Two taste blocks: users u0..u19 buy only items a*, users v0..v19 only items b*.
+
+    Each user has bought 6 of their block's 10 items, chosen at random.
+    """
+    rng = np.random.default_rng(0)
+    rows = []
+    for prefix, items in (("u", "a"), ("v", "b")):
+        for u in range(20):
+            for i in rng.choice(10, size=6, replace=False):
+                rows.append((f"{prefix}{u}", f"{items}{i}"))
+    return Interactions.from_frame(pd.DataFrame(rows, columns=["user_id", "item_id"]))
+
+
+@pytest.mark.parametrize("name", ["als", "bpr", "lmf", "itemknn"])
+def test_recommendations_stay_in_the_users_block(blocks, name):
+    model = create_model(name, **FACTOR_PARAMS[name]).fit(blocks)
+    users = ["u0", "u7", "v3", "v19"]
+    items, _ = model.recommend(users, k=4)
+    for user, row in zip(users, items, strict=True):
+        block = "a" if user.startswith("u") else "b"
+        assert all(i.startswith(block) for i in row), (name, user, row)
+        seen = set(blocks.user_history(user)["item_id"])
+        assert not seen & set(row)
+
+
+def test_popularity_ranks_by_distinct_users():
+    log = pd.DataFrame({"user_id": ["a", "a", "a", "b", "c", "c"],
+                        "item_id": ["x", "x", "y", "y", "y", "z"]})
+    model = create_model("popularity").fit(Interactions.from_frame(log))
+    items, scores = model.recommend(["b"], k=3)
+    # y: 3 users (seen by b, filtered), x: 1 user (a twice counts once), z: 1 user
+    assert items[0].tolist() == ["x", "z", ""]
+    assert scores[0, :2].tolist() == [1.0, 1.0] and scores[0, 2] == -np.inf
+
+
+def test_itemknn_cosine_scores_match_a_direct_computation(blocks):
+    model = create_model("itemknn", similarity="cosine", neighbours=50).fit(blocks)
+    m = blocks.matrix.toarray()
+    norms = np.linalg.norm(m, axis=0)
+    cosine = (m.T @ m) / np.outer(norms, norms)
+    expected = m[:3] @ cosine
+    np.testing.assert_allclose(model.score(list(blocks.user_ids[:3])), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["popularity", "als", "bpr", "lmf", "itemknn"])
+def test_save_load_round_trip(blocks, name, tmp_path):
+    model = create_model(name, **FACTOR_PARAMS.get(name, {})).fit(blocks)
+    users = list(blocks.user_ids[::5])
+    before = model.recommend(users, k=5)
+    loaded = Recommender.load(model.save(tmp_path / name))
+    after = loaded.recommend(users, k=5)
+    np.testing.assert_array_equal(before[0], after[0])
+    np.testing.assert_array_equal(before[1], after[1])
+    assert loaded.get_params() == model.get_params()
+    np.testing.assert_array_equal(np.load(tmp_path / name / "arrays.npz")["item_ids"],
+                                  model.item_ids_)  # loads without allow_pickle
+
+
+def test_candidates_and_keep_seen(blocks):
+    model = create_model("als", **FACTOR_PARAMS["als"]).fit(blocks)
+    items, _ = model.recommend(["u0"], k=3, candidates=["b1", "a0", "b2"], filter_seen=False)
+    assert set(items[0]) == {"b1", "a0", "b2"} and items[0][0] == "a0"
+    with pytest.raises(KeyError, match="unknown item id.*'nope'"):
+        model.recommend(["u0"], k=3, candidates=["nope"])
+
+
+def test_unknown_user_raises_and_history_folds_in(blocks):
+    model = create_model("als", **FACTOR_PARAMS["als"]).fit(blocks)
+    with pytest.raises(KeyError, match=r"unknown user id\(s\) \['new'\]"):
+        model.recommend(["new"], k=3)
+    newcomer = Interactions.from_frame(pd.DataFrame(
+        {"user_id": ["new"] * 3, "item_id": ["b0", "b1", "b2"]}))
+    for name in ("als", "bpr", "itemknn", "popularity"):
+        m = create_model(name, **FACTOR_PARAMS.get(name, {})).fit(blocks)
+        items, _ = m.recommend(["new"], k=3, history=newcomer)
+        assert not {"b0", "b1", "b2"} & set(items[0])
+        if name != "popularity":
+            assert all(i.startswith("b") for i in items[0]), (name, items)
+
+
+def test_input_checks(blocks):
+    model = create_model("als")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        model.recommend(["u0"])
+    model.fit(blocks)
+    with pytest.raises(TypeError, match="batch-first"):
+        model.recommend("u0")
+    with pytest.raises(ValueError, match="k must be"):
+        model.recommend(["u0"], k=0)
+    with pytest.raises(ValueError, match="unknown model 'svd'"):
+        create_model("svd")
+
+
+def test_top_k_matches_a_full_sort():
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=(7, 50)).astype(np.float32)
+    seen = sp.random(7, 50, density=0.2, random_state=2, format="csr")
+    ids, vals = top_k(scores, 5, seen)
+    masked = np.where(seen.toarray() > 0, -np.inf, scores)
+    expected = np.argsort(-masked, axis=1)[:, :5]
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_array_equal(vals, np.take_along_axis(masked, expected, axis=1))
+
+
+def test_fit_does_not_warn_about_blas_threads():
+    # Without OPENBLAS_NUM_THREADS the BLAS pool has several threads; fitting must limit it.
+    env = {k: v for k, v in os.environ.items() if not k.endswith("NUM_THREADS")}
+    code = (
+        "import pandas as pd; from recsys import Interactions, create_model\n"
+        "d = Interactions.from_frame(pd.DataFrame({'user_id': list('aabbc'),"
+        " 'item_id': list('xyxzz')}))\n"
+        "for n in ('als', 'bpr', 'lmf', 'itemknn'): create_model(n, iterations=2).fit(d)"
+        " if n != 'itemknn' else create_model(n).fit(d)\n"
+    )
+    result = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
