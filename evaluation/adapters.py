@@ -1,0 +1,90 @@
+"""Adapters that give the visual recommenders the interface the protocol scores.
+
+:class:`recsys.recommender.StyleRecommender` returns a list of ``Slate`` objects
+from ``recommend(user_ids, k)`` and is fitted with a catalog as well as the
+interactions. :class:`StyleSlates` wraps it as ``fit(Interactions)`` +
+``recommend(user_ids, k, filter_seen=True) -> (item_ids, scores)``, so the
+runner evaluates it like any CF model, including tuning (e.g. the blend weight
+on a validation split) and sweeps.
+
+The runner knows them as ``"model": "taste"`` (:func:`taste_only`: ``blend=1``
+and only taste candidates) and ``"model": "blend"`` (:class:`StyleSlates`:
+CF ⊕ taste).
+
+Examples
+--------
+A config entry (the embedding cache makes refits cheap)::
+
+    {"name": "blend", "model": "blend",
+     "params": {"images": "../shared/data/hm/images", "cache_dir": "cache/embeddings",
+                "cf_params": {"factors": 64, "regularization": 0.1, "alpha": 10.0}},
+     "tune": {"grid": {"blend": [0.25, 0.5, 0.75]}, "metric": "recall@50",
+              "validation": {"method": "temporal_user", "test_fraction": 0.2}}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys.interactions import Interactions
+
+
+class StyleSlates:
+    """``StyleRecommender`` behind the batch ``recommend`` interface of the CF models.
+
+    Parameters
+    ----------
+    images : str or Path
+        Catalog image folder (``Catalog.from_directory``: the id is the file stem).
+    blend : float
+        Weight of the taste part (``StyleRecommender(blend=...)``).
+    **options
+        Other ``StyleRecommender`` arguments: ``cf_model``, ``cf_params``,
+        ``encoder``, ``encoder_params``, ``cache_dir``, ``taste_params``,
+        ``ranker_params``.
+
+    Examples
+    --------
+    >>> model = StyleSlates("../shared/data/hm/images", blend=0.5,
+    ...                     cache_dir="cache/embeddings").fit(train)  # doctest: +SKIP
+    >>> item_ids, scores = model.recommend(["c1"], k=10)  # doctest: +SKIP
+    """
+
+    def __init__(self, images: str | Path, blend: float = 0.5, **options: Any) -> None:
+        self.images = images
+        self.blend = blend
+        self.options = options
+
+    def fit(self, interactions: Interactions) -> StyleSlates:
+        from recsys.catalog import Catalog
+        from recsys.recommender import StyleRecommender
+
+        self.model_ = StyleRecommender(blend=self.blend, **self.options)
+        self.model_.fit(interactions, Catalog.from_directory(self.images))
+        return self
+
+    def recommend(
+        self, user_ids: Sequence[str], k: int = 10, filter_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` item ids and blended scores per user (``""`` / ``-inf`` pad)."""
+        if not filter_seen:
+            raise ValueError("StyleRecommender always removes items the user has; "
+                             "evaluate it with exclude_train='all'")
+        slates = self.model_.recommend(list(user_ids), k=k)
+        ids = np.full((len(slates), k), "", dtype=object)
+        scores = np.full((len(slates), k), -np.inf, dtype=np.float32)
+        for row, slate in enumerate(slates):
+            ids[row, :len(slate.entries)] = slate.item_ids
+            scores[row, :len(slate.entries)] = [e.score for e in slate.entries]
+        return ids.astype(str), scores
+
+
+def taste_only(images: str | Path, **options: Any) -> StyleSlates:
+    """A taste-only ranker: ``blend=1`` and no CF candidates, so only the items
+    nearest to the user's taste compete (cold items included)."""
+    ranker = {"n_cf_candidates": 0, **options.pop("ranker_params", {})}
+    return StyleSlates(images, **{"blend": 1.0, **options}, ranker_params=ranker)

@@ -1,0 +1,361 @@
+"""Config-driven offline evaluation: load, split, (tune,) fit, evaluate, report.
+
+One JSON config describes a whole run, so the numbers in a report can be
+regenerated with one command (``stylerec evaluate --config configs/x.json``)::
+
+    {
+      "name": "ml100k-cornac",
+      "data": {"path": "../shared/data/ml-100k/u.data", "options": {}},
+      "split": {"method": "ratio", "test_fraction": 0.2, "rating_threshold": 4.0, "seed": 123},
+      "protocol": {"relevance_threshold": 4.0, "exclude_train": "relevant",
+                   "candidate_items": "train", "map_normalization": "min"},
+      "k": [5, 10, 20],
+      "metrics": ["precision", "recall", "ndcg", "map", "auc", "map_full"],
+      "models": [
+        {"name": "popularity", "model": "popularity"},
+        {"name": "bpr", "model": "bpr", "params": {"factors": 64, "random_state": 0},
+         "tune": {"grid": {"regularization": [0.01, 0.1]}, "metric": "ndcg@10",
+                  "validation": {"method": "ratio", "test_fraction": 0.2, "seed": 1}}}
+      ],
+      "bootstrap": {"n_resamples": 1000, "confidence": 0.95, "seed": 0},
+      "output": "out/evaluate/ml100k_cornac"
+    }
+
+Keys
+----
+data.path, data.options
+    File and keyword options of :func:`recsys.interactions.load_interactions`;
+    ``data.extra_files`` lists more files to fingerprint (a catalog, embeddings).
+split
+    ``method`` (a key of :data:`evaluation.splits.SPLITTERS`) and its parameters.
+protocol, k, metrics
+    :class:`evaluation.protocol.Protocol` fields; ``relevance_threshold``
+    defaults to the split's ``rating_threshold``.
+models
+    ``name`` (label), ``model`` (a ``recsys.cf`` model name, a name added with
+    :func:`register_model_builder`, or ``"package.module:factory"``), ``params``,
+    optional ``weighting`` (refit on ``train.reweight(weighting)``), ``tune``
+    (``grid``, ``metric``, ``validation``: grid search on a validation split of
+    the training data; ``validation`` defaults to the test split's method and
+    parameters), ``sweep``
+    (``{"param": ..., "values": [...]}``: test metrics along one parameter, e.g.
+    a blend weight, for the report; not a selection), and ``skip`` (a reason:
+    the model is listed in the record as skipped).
+baseline, compare_metrics
+    Model the others are compared with (paired bootstrap; default the first)
+    and on which metrics (default the headline metric).
+headline_metric
+    Metric of the distribution plot and the default comparison (default ``ndcg@max(k)``).
+report.gallery
+    Render entries (``render``, ``original``, ``user_id``, ``item_id``, ``lift``,
+    ``fidelity``) or the path of a JSON file holding them, shown in the HTML.
+output
+    Output directory: ``record.json``, ``report.html``, ``per_user.csv``.
+
+Relative paths are resolved against the working directory.
+
+Plugging in a model
+-------------------
+Anything with ``fit(Interactions)`` and either ``score(user_ids)`` +
+``item_ids_`` or ``recommend(user_ids, k, filter_seen=True)``: name its factory
+as ``"model": "package.module:factory"`` (called with ``params``), or register a
+builder once with :func:`register_model_builder`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evaluation import report
+from evaluation.metrics import ALL_METRICS, paired_bootstrap
+from evaluation.protocol import Protocol, evaluate
+from evaluation.splits import make_split, split_summary, validation_split
+from evaluation.tuning import grid_search
+from recsys.interactions import Interactions, load_interactions
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+ModelBuilder = Callable[[dict[str, Any]], Any]
+MODEL_BUILDERS: dict[str, ModelBuilder] = {}
+# visual recommenders, imported only when a config names them
+BUILTIN_FACTORIES = {"taste": "evaluation.adapters:taste_only",
+                     "blend": "evaluation.adapters:StyleSlates"}
+PROTOCOL_KEYS = ("relevance_threshold", "exclude_train", "candidate_items", "map_normalization",
+                 "position_model", "p_relevant", "p_irrelevant", "batch_size")
+
+
+def register_model_builder(name: str, builder: ModelBuilder) -> None:
+    """Make ``"model": name`` in a config call ``builder(params)``.
+
+    Examples
+    --------
+    >>> register_model_builder("blend", lambda p: MyBlend(**p))  # doctest: +SKIP
+    """
+    MODEL_BUILDERS[name] = builder
+
+
+def build_model(kind: str, params: Mapping[str, Any]) -> Any:
+    """An unfitted model from a config entry's ``model`` and ``params``.
+
+    Looks ``kind`` up in :data:`MODEL_BUILDERS`, then :data:`BUILTIN_FACTORIES`
+    (``taste``, ``blend``), then as ``"module:factory"``, then among ``recsys.cf``
+    models.
+    """
+    params = dict(params)
+    if kind in MODEL_BUILDERS:
+        return MODEL_BUILDERS[kind](params)
+    kind = BUILTIN_FACTORIES.get(kind, kind)
+    if ":" in kind:
+        module_name, _, attr = kind.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"cannot import model factory {kind!r}: {err}") from None
+        return factory(**params)
+    from recsys.cf import MODELS, create_model
+
+    if kind in MODELS:
+        return create_model(kind, **params)
+    known = sorted(MODELS) + sorted(MODEL_BUILDERS) + sorted(BUILTIN_FACTORIES)
+    raise ValueError(f"unknown model {kind!r}; available: {known} or 'package.module:factory'")
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read and check a JSON evaluation config (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation config not found: {path}")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from None
+    check_config(config)
+    return config
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the first problem in a config."""
+    for key in ("data", "split", "models"):
+        if key not in config:
+            raise ValueError(f"config needs a {key!r} section")
+    if "path" not in config["data"]:
+        raise ValueError("config data section needs a 'path'")
+    if "method" not in config["split"]:
+        raise ValueError("config split section needs a 'method'")
+    names = [m.get("name") for m in config["models"]]
+    if not names or any(not n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"every model needs a unique 'name', got {names}")
+    for spec in config["models"]:
+        if "model" not in spec:
+            raise ValueError(f"model {spec['name']!r} needs a 'model' (which model to build)")
+    unknown = set(config.get("protocol", {})) - set(PROTOCOL_KEYS)
+    if unknown:
+        raise ValueError(f"unknown protocol key(s) {sorted(unknown)}; known: {PROTOCOL_KEYS}")
+
+
+def protocol_from_config(config: Mapping[str, Any]) -> Protocol:
+    """The :class:`Protocol` a config describes."""
+    options = dict(config.get("protocol", {}))
+    threshold = config["split"].get("rating_threshold")
+    if threshold is not None:
+        options.setdefault("relevance_threshold", threshold)
+    return Protocol(ks=tuple(config.get("k", [10])),
+                    metrics=tuple(config.get("metrics", ALL_METRICS)), **options)
+
+
+def _headline(config: Mapping[str, Any], protocol: Protocol) -> str:
+    if "headline_metric" in config:
+        return config["headline_metric"]
+    base = "ndcg" if "ndcg" in protocol.metrics else protocol.metrics[0]
+    return base if base in ("auc", "map_full") else f"{base}@{max(protocol.ks)}"
+
+
+def _gallery(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    gallery = config.get("report", {}).get("gallery")
+    if isinstance(gallery, str):
+        gallery = json.loads(Path(gallery).read_text())
+    return list(gallery or [])
+
+
+def _fit(
+    spec: Mapping[str, Any], params: Mapping[str, Any], train: Interactions
+) -> tuple[Any, float]:
+    data = train.reweight(spec["weighting"]) if spec.get("weighting") else train
+    started = time.perf_counter()
+    model = build_model(spec["model"], params)
+    model.fit(data)
+    return model, time.perf_counter() - started
+
+
+def _tune(spec: Mapping[str, Any], train: Interactions, protocol: Protocol, headline: str,
+          split_cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    tune = spec["tune"]
+    # by default validation mirrors the test split, applied to the training set
+    val_cfg = dict(tune.get("validation", split_cfg))
+    fit_data, validation = validation_split(train, **val_cfg)
+    if spec.get("weighting"):
+        fit_data = fit_data.reweight(spec["weighting"])
+    metric = tune.get("metric", headline)
+    # score only what the choice needs: full-ranking metrics cost a pass per user
+    base, _, k = metric.partition("@")
+    narrow = replace(protocol, metrics=(base,), ks=(int(k),) if k else protocol.ks)
+    result = grid_search(lambda p: build_model(spec["model"], p), tune["grid"], fit_data,
+                         validation, narrow, metric, spec.get("params", {}))
+    summary = result.to_dict()
+    summary["validation"] = {**val_cfg, "summary": split_summary(fit_data, validation)}
+    return result.best_params, summary
+
+
+def _sweep(spec: Mapping[str, Any], params: Mapping[str, Any], train: Interactions,
+           test: Interactions, protocol: Protocol, boot: Mapping[str, Any],
+           headline: str) -> dict[str, Any]:
+    sweep = spec["sweep"]
+    metrics = sweep.get("metrics", [headline])
+    points = []
+    for value in sweep["values"]:
+        model, fit_s = _fit(spec, {**params, sweep["param"]: value}, train)
+        summary = evaluate(model, train, test, protocol).summary(**boot)
+        points.append({"value": value, "fit_s": round(fit_s, 3),
+                       "metrics": {m: summary[m] for m in metrics}})
+    return {"param": sweep["param"], "points": points}
+
+
+def run(
+    config: Mapping[str, Any],
+    *,
+    out_dir: str | Path | None = None,
+    data_path: str | Path | None = None,
+    only_models: Sequence[str] | None = None,
+    html: bool = True,
+) -> dict[str, Any]:
+    """Run the evaluation a config describes and write its outputs.
+
+    Parameters
+    ----------
+    config : mapping
+        See the module docstring.
+    out_dir : path, optional
+        Overrides ``config["output"]``.
+    data_path : path, optional
+        Overrides ``config["data"]["path"]``.
+    only_models : sequence of str, optional
+        Evaluate only these model names (the baseline is always kept).
+    html : bool
+        Also write ``report.html``.
+
+    Returns
+    -------
+    dict
+        The record written to ``record.json``.
+
+    Examples
+    --------
+    >>> record = run(load_config("configs/ml100k_cornac.json"))  # doctest: +SKIP
+    >>> record["models"][1]["metrics"]["ndcg@10"]["mean"]  # doctest: +SKIP
+    """
+    check_config(config)
+    env = report.environment()  # before fitting: the code that runs, not what is on disk later
+    out = Path(out_dir or config.get("output") or f"out/evaluate/{config.get('name', 'run')}")
+    data_cfg = config["data"]
+    path = Path(data_path or data_cfg["path"])
+    options = dict(data_cfg.get("options", {}))
+    started = time.perf_counter()
+    data = load_interactions(path, **options)
+    split_cfg = dict(config["split"])
+    method = split_cfg.pop("method")
+    train, test = make_split(data, method, **split_cfg)
+    protocol = protocol_from_config(config)
+    headline = _headline(config, protocol)
+    boot = {"n_resamples": 1000, "confidence": 0.95, "seed": 0, **config.get("bootstrap", {})}
+    specs = list(config["models"])
+    baseline = config.get("baseline", specs[0]["name"])
+    if only_models:
+        missing = set(only_models) - {s["name"] for s in specs}
+        if missing:
+            raise ValueError(f"no model(s) named {sorted(missing)} in the config")
+        specs = [s for s in specs if s["name"] in set(only_models) | {baseline}]
+    compare = config.get("compare_metrics", [headline])
+    log.info("evaluating %d model(s) on %s (%s split)", len(specs), data, method)
+
+    models_out: list[dict[str, Any]] = []
+    per_user: dict[str, dict[str, np.ndarray]] = {}
+    user_ids: dict[str, np.ndarray] = {}
+    for spec in specs:
+        entry: dict[str, Any] = {"name": spec["name"], "model": spec["model"],
+                                 "weighting": spec.get("weighting")}
+        if spec.get("skip"):
+            entry["skipped"] = spec["skip"]
+            models_out.append(entry)
+            continue
+        params = dict(spec.get("params", {}))
+        if spec.get("tune"):
+            params, entry["tuning"] = _tune(spec, train, protocol, headline, config["split"])
+        model, fit_s = _fit(spec, params, train)
+        result = evaluate(model, train, test, protocol)
+        entry.update({
+            "params": params,
+            "fit_s": round(fit_s, 3),
+            "score_s": round(result.timings["score_s"], 3),
+            "n_users": len(result.user_ids),
+            "n_skipped_users": result.n_skipped_users,
+            "metrics": result.summary(**boot),
+        })
+        if spec.get("sweep"):
+            entry["sweep"] = _sweep(spec, params, train, test, protocol, boot, headline)
+        per_user[spec["name"]] = result.per_user
+        user_ids[spec["name"]] = result.user_ids
+        models_out.append(entry)
+        log.info("%s: %s=%.4f (fit %.1fs)", spec["name"], headline,
+                 entry["metrics"].get(headline, {}).get("mean", float("nan")), fit_s)
+
+    if baseline in per_user:
+        for entry in models_out:
+            name = entry["name"]
+            if name == baseline or name not in per_user:
+                continue
+            if not np.array_equal(user_ids[name], user_ids[baseline]):
+                raise RuntimeError("models were evaluated on different users")
+            entry["vs_baseline"] = {
+                m: paired_bootstrap(per_user[name][m], per_user[baseline][m], **boot)
+                for m in compare if m in per_user[name] and m in per_user[baseline]}
+
+    files = [path, *[Path(p) for p in data_cfg.get("extra_files", [])]]
+    record = {
+        "format": FORMAT_VERSION,
+        "name": config.get("name", out.name),
+        "output": str(out),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "data": {
+            "files": [report.file_fingerprint(p) for p in files],
+            "rows": data.source.get("rows"),
+            "events": len(data), "users": data.n_users, "items": data.n_items,
+            "loader": options,
+        },
+        "split": {"method": method, "params": split_cfg, "summary": split_summary(train, test)},
+        "protocol": protocol.to_dict(),
+        "bootstrap": boot,
+        "headline_metric": headline,
+        "baseline": baseline,
+        "models": models_out,
+        "environment": env,
+        "config": dict(config),
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(record, out / "record.json")
+    report.write_per_user_csv(per_user, user_ids, out / "per_user.csv")
+    if html:
+        report.write_html(record, out / "report.html", per_user=per_user,
+                          gallery=_gallery(config))
+    return record

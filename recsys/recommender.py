@@ -1,0 +1,538 @@
+"""The ``StyleRecommender`` facade: CF + visual taste + style matching (+ rendering).
+
+``fit`` builds every stage once: a CF model on the interactions, item embeddings
+of the catalog images (through the :class:`~recsys.embedding_store.EmbeddingStore`
+when a cache folder is given), per-user taste profiles, the item index of the
+style-aware ranker and an index of the style reference images. ``recommend``
+then costs a few matrix operations per user: nothing is re-encoded.
+
+What a user gets
+----------------
+known user
+    CF scores of the fitted model, the fit-time taste profile.
+user in ``history`` (new or known)
+    folded in: CF scores from the history (the CF model's fold-in), a taste
+    profile computed from it; ``Slate.folded_in`` is set.
+unknown user, no history
+    the defined fallback: item popularity in place of CF scores and the global
+    taste (mean over all shoppers); ``Slate.fallback`` is set.
+
+Items the user already has (fit-time or in ``history``) are never recommended.
+Only catalog items with an embedding can be recommended; catalog items nobody
+bought (cold items) are reachable through the taste side of the ranker.
+
+Examples
+--------
+>>> from recsys import Catalog, load_interactions
+>>> data = load_interactions("data/transactions.csv")  # doctest: +SKIP
+>>> model = StyleRecommender(blend=0.5, cache_dir="cache/embeddings")  # doctest: +SKIP
+>>> model.fit(data, Catalog.from_directory("data/images"), "data/styles")  # doctest: +SKIP
+>>> slate = model.recommend([data.user_ids[0]], k=5)[0]  # doctest: +SKIP
+>>> print(slate.explain())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys.catalog import Catalog
+from recsys.cf import Recommender, create_model
+from recsys.interactions import Interactions, _lookup
+from recsys.ranker import StyleRanker
+from recsys.style_index import StyleIndex
+from recsys.taste import EmbeddingPCA, TasteModel, _write_npz, _write_text
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SlateEntry:
+    """One recommended item and why it is there.
+
+    ``cf`` and ``taste`` are the z-scored parts blended into ``score``; ``cold``
+    marks an item nobody interacted with at fit time; ``group`` an item of a
+    group (product family) the user already bought from, which earned the
+    ranker's ``group_weight``; ``image`` is the rendered image when rendering
+    was asked for (else ``None``).
+    """
+
+    item_id: str
+    score: float
+    cf: float
+    taste: float
+    cold: bool
+    group: bool = False
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class StyleMatch:
+    """The style reference nearest to a user's taste (cosine ``similarity``)."""
+
+    style_id: str
+    path: str
+    similarity: float
+
+
+@dataclass(frozen=True)
+class Slate:
+    """A user's recommendations.
+
+    Attributes
+    ----------
+    user_id : str
+    entries : tuple of SlateEntry
+        Best first; shorter than ``k`` only when fewer items are left.
+    style : StyleMatch or None
+        ``None`` when the recommender was fitted without style references.
+    fallback : bool
+        No history at all: popularity and the global taste were used.
+    folded_in : bool
+        Computed from the ``history`` passed to ``recommend``.
+    taste_fallback : bool
+        The global taste was used (no history, or none of the user's items
+        has an image).
+    """
+
+    user_id: str
+    entries: tuple[SlateEntry, ...]
+    style: StyleMatch | None
+    fallback: bool
+    folded_in: bool
+    taste_fallback: bool
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [e.item_id for e in self.entries]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (plain floats, strings and booleans)."""
+        return asdict(self) | {"entries": [asdict(e) for e in self.entries]}
+
+    def explain(self) -> str:
+        """A few human-readable lines: flags, matched style, and each item's score parts."""
+        flags = [name for name in ("fallback", "folded_in", "taste_fallback")
+                 if getattr(self, name)]
+        head = f"user {self.user_id}" + (f" [{', '.join(flags)}]" if flags else "")
+        if self.style is not None:
+            head += f"; style {self.style.style_id} (similarity {self.style.similarity:.3f})"
+        lines = [head]
+        for rank, e in enumerate(self.entries, 1):
+            tail = (" cold" if e.cold else "") + (" same-family" if e.group else "")
+            tail += f" -> {e.image}" if e.image else ""
+            lines.append(f"{rank:3d}. {e.item_id}  score {e.score:+.3f} = cf {e.cf:+.3f} "
+                         f"⊕ taste {e.taste:+.3f}{tail}")
+        return "\n".join(lines)
+
+
+class StyleRecommender:
+    """Collaborative filtering re-ranked by visual taste, with a matched style per user.
+
+    Parameters
+    ----------
+    cf_model : str
+        A :func:`recsys.cf.create_model` name (``als``, ``bpr``, ``itemknn``…).
+    cf_params : dict, optional
+        Its hyperparameters.
+    encoder : str or ImageEncoder
+        Image encoder name for :func:`recsys.encoders.create_encoder`, or an
+        encoder instance. Items and style references are embedded with it.
+    encoder_params : dict, optional
+        Options of a named encoder (``device``, ``batch_size``…).
+    cache_dir : str or Path, optional
+        Embedding store folder: embeddings are cached by (encoder, image hash)
+        and reused by later fits. ``None`` encodes without caching.
+    embedding_dim : int or None
+        Project the embeddings onto this many principal components of the
+        catalog's (:class:`~recsys.taste.EmbeddingPCA`; capped by the embedding
+        dimension and the catalog size); ``None`` keeps them as encoded.
+    whiten : bool
+        Whiten the principal components (with ``embedding_dim``).
+    taste_params : dict, optional
+        :class:`~recsys.taste.TasteModel` parameters (``method``,
+        ``half_life_days``…).
+    blend : float
+        Weight of the taste part in the final score (``StyleRanker.taste_weight``).
+    ranker_params : dict, optional
+        Other :class:`~recsys.ranker.StyleRanker` parameters.
+    renderer : stylers.Renderer, optional
+        Used by ``recommend(render=True)``: anything with a
+        ``render([(item_id, item_image, style_id, style_image), ...]) -> [path, ...]``
+        method. Not saved with the model (pass it to :meth:`load`).
+
+    Attributes
+    ----------
+    cf_ : Recommender
+    pca_ : EmbeddingPCA or None
+        The projection applied to item and style embeddings.
+    taste_ : TasteModel
+    ranker_ : StyleRanker
+    styles_ : StyleIndex or None
+    style_paths_ : dict of str to str
+        Style reference id → image path.
+    item_paths_ : dict of str to str
+        Rankable item id → image path (what the renderer stylizes).
+    encoder_id_ : str
+    popularity_ : ndarray of float32
+        Distinct users per rankable item (the fallback's CF scores).
+    failures_ : dict of str to str
+        Catalog items whose image could not be embedded, with the reason.
+
+    Examples
+    --------
+    >>> model = StyleRecommender("als", {"factors": 64}, blend=0.4)  # doctest: +SKIP
+    >>> model.fit(data, catalog, "data/styles").save("out/model")  # doctest: +SKIP
+    >>> slates = StyleRecommender.load("out/model").recommend(["c1", "c2"], k=10)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        cf_model: str = "als",
+        cf_params: dict[str, Any] | None = None,
+        encoder: Any = "efficientnet-lite0",
+        encoder_params: dict[str, Any] | None = None,
+        cache_dir: str | Path | None = None,
+        embedding_dim: int | None = 128,
+        whiten: bool = True,
+        taste_params: dict[str, Any] | None = None,
+        blend: float = 0.5,
+        ranker_params: dict[str, Any] | None = None,
+        renderer: Any = None,
+    ) -> None:
+        self.cf_model = cf_model
+        self.cf_params = cf_params
+        self.encoder = encoder
+        self.encoder_params = encoder_params
+        self.cache_dir = cache_dir
+        self.embedding_dim = embedding_dim
+        self.whiten = whiten
+        self.taste_params = taste_params
+        self.blend = blend
+        self.ranker_params = ranker_params
+        self.renderer = renderer
+
+    # -- fitting --------------------------------------------------------------
+
+    def fit(
+        self,
+        interactions: Interactions,
+        catalog: Catalog,
+        styles: str | Path | Catalog | None = None,
+        item_groups: Mapping[str, str] | None = None,
+    ) -> StyleRecommender:
+        """Fit every stage.
+
+        Parameters
+        ----------
+        interactions : Interactions
+            The interaction log.
+        catalog : Catalog
+            Item images; only items with a readable image can be recommended.
+        styles : folder, Catalog or None
+            Style reference images (id = file stem for a folder); ``None`` fits
+            without style matching.
+        item_groups : mapping of str to str, optional
+            Item id → group key (e.g. the product code of H&M articles, shared
+            by the colour variants of a garment), for the ranker's group part
+            (``ranker_params={"group_weight": ...}``). Items not in it have none.
+
+        Returns
+        -------
+        self
+        """
+        if not isinstance(catalog, Catalog):
+            raise TypeError(f"catalog must be a Catalog, got {type(catalog).__name__}")
+        ranker = StyleRanker(taste_weight=self.blend, **(self.ranker_params or {}))
+        taste = TasteModel(**(self.taste_params or {}))
+        ranker._check_params()
+        taste._check_params()
+        encoder = self._make_encoder()
+        self.encoder_id_ = encoder.encoder_id
+        self.cf_ = create_model(self.cf_model, **(self.cf_params or {})).fit(interactions)
+
+        item_ids = np.asarray(catalog.item_ids, dtype=str)
+        vectors, ok, self.failures_ = self._embed(encoder, item_ids, catalog)
+        if not ok.any():
+            raise ValueError(f"none of the {len(item_ids)} catalog images could be embedded")
+        item_ids, vectors = item_ids[ok], vectors[ok]
+        self.item_paths_ = {item: str(catalog.path(item)) for item in item_ids}
+        self.pca_ = None
+        if self.embedding_dim is not None:
+            dim = min(int(self.embedding_dim), *vectors.shape)
+            self.pca_ = EmbeddingPCA(dim, self.whiten).fit(vectors)
+            vectors = self.pca_.transform(vectors)
+        self.taste_ = taste.fit(interactions, item_ids, vectors)
+        groups = None if item_groups is None else [item_groups.get(i) for i in item_ids]
+        self.ranker_ = ranker.fit(item_ids, self.taste_.item_vectors_, self.encoder_id_, groups)
+
+        self.styles_, self.style_paths_ = None, {}
+        if styles is not None:
+            style_catalog = styles if isinstance(styles, Catalog) else Catalog.from_directory(
+                styles)
+            style_ids = np.asarray(style_catalog.item_ids, dtype=str)
+            style_vectors, style_ok, style_failures = self._embed(encoder, style_ids,
+                                                                  style_catalog)
+            if not style_ok.any():
+                raise ValueError(f"none of the style references could be embedded: "
+                                 f"{style_failures}")
+            style_vectors = style_vectors[style_ok]
+            if self.pca_ is not None:
+                style_vectors = self.pca_.transform(style_vectors)
+            self.styles_ = StyleIndex().fit(style_ids[style_ok], style_vectors,
+                                            encoder_id=self.encoder_id_)
+            self.style_paths_ = {s: str(style_catalog.path(s)) for s in style_ids[style_ok]}
+
+        users_per_item = np.bincount(interactions.matrix.indices, minlength=interactions.n_items)
+        in_log = interactions.item_index(item_ids, missing="ignore")
+        self.popularity_ = np.where(in_log >= 0, users_per_item[np.clip(in_log, 0, None)],
+                                    0).astype(np.float32)
+        self._index_columns()
+        n_cold = int((self._rank_to_cf < 0).sum())
+        log.info("StyleRecommender: %d rankable items (%d cold, %d without image), %d users",
+                 len(item_ids), n_cold, len(self.failures_), len(self.cf_.user_ids_))
+        return self
+
+    def _make_encoder(self) -> Any:
+        if isinstance(self.encoder, str):
+            from recsys.encoders import create_encoder
+
+            return create_encoder(self.encoder, **(self.encoder_params or {}))
+        if self.encoder_params:
+            raise ValueError("encoder_params apply to a named encoder, not an encoder instance")
+        return self.encoder
+
+    def _embed(self, encoder: Any, ids: np.ndarray, catalog: Catalog
+               ) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+        paths = [catalog.path(i) for i in ids]
+        if self.cache_dir is not None:
+            from recsys.embedding_store import EmbeddingStore
+
+            found = EmbeddingStore(self.cache_dir, encoder).get_or_compute(ids, paths)
+            return found.vectors, found.ok, dict(found.failures)
+        vectors = np.zeros((len(ids), encoder.dim), np.float32)
+        ok = np.zeros(len(ids), bool)
+        failures = {}
+        for batch in encoder.encode_batches(paths, progress=False):
+            vectors[batch.indices], ok[batch.indices] = batch.vectors, True
+            failures.update({str(ids[j]): str(err) for j, err in batch.failures.items()})
+        for item, reason in failures.items():
+            log.warning("item %s has no embedding: %s", item, reason)
+        return vectors, ok, failures
+
+    def _index_columns(self) -> None:
+        """Id lookups and the maps between CF and ranker columns (read-only afterwards)."""
+        self._user_pos = {u: i for i, u in enumerate(self.cf_.user_ids_)}
+        self._rank_pos = {t: i for i, t in enumerate(self.ranker_.item_ids_)}
+        self._cf_to_rank = _lookup(self._rank_pos, self.cf_.item_ids_, "item", "ignore")
+        self._rank_to_cf = np.full(len(self.ranker_.item_ids_), -1, dtype=np.int64)
+        has = self._cf_to_rank >= 0
+        self._rank_to_cf[self._cf_to_rank[has]] = np.flatnonzero(has)
+        # an item nobody interacted with is cold even when the CF vocabulary lists it
+        self._rank_to_cf[self.popularity_ == 0] = -1
+        users = np.arange(len(self.cf_.user_ids_))
+        self._seen = _place(self.cf_.user_items_, users, len(users), self._cf_to_rank,
+                            len(self._rank_to_cf))
+        # build the other stages' lazy lookups now, before threads share them
+        self.taste_.transform([])
+        self.cf_.score(self.cf_.user_ids_[:1])
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "ranker_"):
+            raise RuntimeError("StyleRecommender is not fitted yet: call fit() first")
+
+    # -- recommending ---------------------------------------------------------
+
+    def recommend(
+        self,
+        user_ids: Sequence[str],
+        k: int = 10,
+        history: Interactions | None = None,
+        render: bool = False,
+    ) -> list[Slate]:
+        """Slates for a batch of users (thread-safe: reads fitted state only).
+
+        Parameters
+        ----------
+        user_ids : sequence of str
+            External user ids.
+        k : int
+            Items per slate.
+        history : Interactions, optional
+            Interactions to fold in: every requested user with events in it
+            gets a taste profile from them and CF scores from the CF model's
+            fold-in (new users need this; the CF model may keep a known user's
+            fit-time factors). Their items, like a known user's fit-time
+            items, are not recommended.
+        render : bool
+            Render each entry in the user's matched style (needs ``renderer``
+            and style references).
+
+        Returns
+        -------
+        list of Slate
+            One per user, in order.
+        """
+        self._check_fitted()
+        if isinstance(user_ids, str):
+            raise TypeError("user_ids must be a sequence of ids (batch-first), not a string")
+        if render and (self.renderer is None or self.styles_ is None):
+            raise ValueError("render=True needs a renderer and style references: pass "
+                             "renderer= to StyleRecommender and styles= to fit")
+        user_ids = [str(u) for u in user_ids]
+        cf, seen, known, folded = self._cf_scores(user_ids, history)
+        profiles = self.taste_.transform(user_ids, history)
+        ranking = self.ranker_.rank(cf, profiles, k, exclude=seen, history=seen)
+        style = self._match_styles(profiles.mean_vectors())
+        items = [self.ranker_.item_ids_[row[row >= 0]] for row in ranking.items]
+        images = self._render(items, style) if render else [[None] * len(i) for i in items]
+        slates = []
+        for row, user in enumerate(user_ids):
+            keep = ranking.items[row] >= 0
+            entries = tuple(
+                SlateEntry(str(item), float(s), float(c), float(t), bool(cold), bool(g), image)
+                for item, s, c, t, cold, g, image in zip(
+                    items[row], ranking.scores[row][keep], ranking.cf[row][keep],
+                    ranking.taste[row][keep], ranking.cold[row][keep],
+                    ranking.group[row][keep], images[row], strict=True))
+            slates.append(Slate(user, entries, style[row],
+                                fallback=bool(not known[row] and not folded[row]),
+                                folded_in=bool(folded[row]),
+                                taste_fallback=bool(profiles.fallback[row])))
+        return slates
+
+    def _cf_scores(
+        self, user_ids: list[str], history: Interactions | None
+    ) -> tuple[np.ndarray, sp.csr_matrix, np.ndarray, np.ndarray]:
+        """CF scores in ranker columns (NaN: cold), seen items, known and folded-in masks."""
+        n, n_rank = len(user_ids), len(self.ranker_.item_ids_)
+        positions = _lookup(self._user_pos, user_ids, "user", "ignore")
+        known = positions >= 0
+        folded = np.zeros(n, dtype=bool)
+        if history is not None:
+            history_rows = history.user_index(user_ids, missing="ignore")
+            folded = history_rows >= 0
+        cf_rows = np.full((n, len(self.cf_.item_ids_)), np.nan, dtype=np.float32)
+        # fit-time items of known users (rows of unknown users emptied)
+        seen = self._seen[np.clip(positions, 0, None)]
+        if not known.all():
+            seen = sp.diags(known.astype(np.float32)) @ seen
+        if folded.any():
+            idx = np.flatnonzero(folded)
+            cf_rows[idx] = self.cf_.score([user_ids[i] for i in idx], history=history)
+            columns = _lookup(self._rank_pos, history.item_ids, "item", "ignore")
+            seen = seen + _place(history.matrix[history_rows[idx]], idx, n, columns, n_rank)
+        plain = known & ~folded
+        if plain.any():
+            cf_rows[plain] = self.cf_.score([user_ids[i] for i in np.flatnonzero(plain)])
+        has = self._rank_to_cf >= 0
+        cf = np.full((n, n_rank), np.nan, dtype=np.float32)
+        cf[:, has] = cf_rows[:, self._rank_to_cf[has]]
+        cf[~known & ~folded] = self.popularity_
+        return cf, seen.tocsr(), known, folded
+
+    def _match_styles(self, taste_vectors: np.ndarray) -> list[StyleMatch | None]:
+        if self.styles_ is None:
+            return [None] * len(taste_vectors)
+        ids, sims = self.styles_.search(taste_vectors, 1, encoder_id=self.encoder_id_)
+        return [StyleMatch(str(i), self.style_paths_[str(i)], float(s))
+                for i, s in zip(ids[:, 0], sims[:, 0], strict=True)]
+
+    def _render(self, items: list[np.ndarray], styles: list[StyleMatch]) -> list[list[str]]:
+        """Rendered image paths of every entry: one ``renderer.render`` call for the batch."""
+        pairs = [(str(item), self.item_paths_[str(item)], style.style_id, style.path)
+                 for row, style in zip(items, styles, strict=True) for item in row]
+        paths = iter(self.renderer.render(pairs)) if pairs else iter(())
+        return [[str(next(paths)) for _ in row] for row in items]
+
+    # -- persistence ----------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted pipeline to the folder ``path``, replacing it atomically.
+
+        Layout: ``recommender.json`` (parameters, encoder id, style paths),
+        ``arrays.npz`` (popularity, the PCA projection), and the stages' own folders ``cf/``,
+        ``taste/`` (with the item embeddings), ``ranker/`` and ``styles/``. No
+        pickle anywhere. The renderer is not saved: pass it to :meth:`load`.
+        """
+        self._check_fitted()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            self.cf_.save(tmp / "cf")
+            self.taste_.save(tmp / "taste")
+            self.ranker_.save(tmp / "ranker")
+            if self.styles_ is not None:
+                self.styles_.save(tmp / "styles")
+            pca = {} if self.pca_ is None else self.pca_.arrays()
+            _write_npz(tmp / "arrays.npz", {"popularity": self.popularity_, **pca})
+            params = {name: getattr(self, name) for name in (
+                "cf_model", "cf_params", "encoder_params", "cache_dir", "embedding_dim",
+                "whiten", "taste_params", "blend", "ranker_params")}
+            params["encoder"] = self.encoder if isinstance(self.encoder, str) else None
+            params["cache_dir"] = None if self.cache_dir is None else str(self.cache_dir)
+            meta = {"format": FORMAT_VERSION, "params": params, "encoder_id": self.encoder_id_,
+                    "style_paths": self.style_paths_, "item_paths": self.item_paths_,
+                    "failures": self.failures_}
+            _write_text(tmp / "recommender.json", json.dumps(meta, indent=2))
+            if path.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+                os.replace(path, old / path.name)
+                os.replace(tmp, path)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, renderer: Any = None) -> StyleRecommender:
+        """Load a pipeline written by :meth:`save` (no image is re-encoded)."""
+        path = Path(path)
+        meta_file = path / "recommender.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"no saved StyleRecommender at {path} "
+                                    "(recommender.json missing)")
+        meta = json.loads(meta_file.read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{path}: unsupported StyleRecommender format {meta.get('format')}")
+        model = cls(**meta["params"], renderer=renderer)
+        model.encoder_id_ = meta["encoder_id"]
+        model.style_paths_ = meta["style_paths"]
+        model.item_paths_ = meta["item_paths"]
+        model.failures_ = meta["failures"]
+        model.cf_ = Recommender.load(path / "cf")
+        model.taste_ = TasteModel.load(path / "taste")
+        model.ranker_ = StyleRanker.load(path / "ranker", model.taste_.item_vectors_)
+        model.styles_ = StyleIndex.load(path / "styles") if (path / "styles").is_dir() else None
+        with np.load(path / "arrays.npz", allow_pickle=False) as z:
+            model.popularity_ = z["popularity"]
+            model.pca_ = (EmbeddingPCA.from_arrays(dict(z), model.whiten)
+                          if "pca_components" in z else None)
+        model._index_columns()
+        return model
+
+
+def _place(rows: sp.spmatrix, at: np.ndarray, n: int, columns: np.ndarray,
+           width: int) -> sp.csr_matrix:
+    """``rows`` moved to rows ``at`` of an ``n × width`` matrix, column ``j`` to ``columns[j]``
+    (columns mapped to -1 are dropped)."""
+    coo = sp.coo_matrix(rows)
+    cols = columns[coo.col]
+    keep = cols >= 0
+    return sp.csr_matrix((coo.data[keep], (at[coo.row[keep]], cols[keep])), shape=(n, width))

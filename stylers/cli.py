@@ -1,0 +1,139 @@
+"""``stylerec render``: render an item x style grid from the command line, with an HTML gallery.
+
+Wire it into the main CLI with :func:`add_render_parser`; the parsed arguments
+carry their handler as ``args.func``.
+
+Examples
+--------
+>>> import argparse
+>>> parser = argparse.ArgumentParser(prog="stylerec")
+>>> _ = add_render_parser(parser.add_subparsers(dest="command"))
+>>> args = parser.parse_args(["render", "--item", "a.jpg", "--style", "wave=w.jpg"])
+>>> args.func is run_render, args.styler
+(True, 'arbitrary')
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from .registry import available_stylers, create_styler
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def add_render_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``render`` sub-command to ``subparsers``; returns its parser."""
+    p = subparsers.add_parser(
+        "render",
+        help="render items in styles (item x style grid) and write an HTML gallery",
+        description="Render every --item in every --style with one styler, through the "
+        "render cache, and write <out>/index.html. An item or style is PATH, ID=PATH, or an "
+        "ID looked up as <root>/**/<ID>.<image suffix> under --item-root/--style-root.",
+    )
+    p.add_argument("--item", action="append", required=True, metavar="[ID=]PATH|ID",
+                   help="product image (repeatable)")
+    p.add_argument("--style", action="append", default=[], metavar="[ID=]PATH|ID",
+                   help="style image (repeatable; not needed by stylers with baked-in styles)")
+    p.add_argument("--item-root", type=Path, help="folder to look item ids up in")
+    p.add_argument("--style-root", type=Path, help="folder to look style ids up in")
+    p.add_argument("--styler", default="arbitrary",
+                   help=f"styler name (built-in: {', '.join(available_stylers())})")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="styler option; VALUE is parsed as JSON when it can be "
+                   "(e.g. --param weights=candy.pth --param alpha=0.6)")
+    p.add_argument("--protect", action="store_true", help="protect the product (see --product-*)")
+    p.add_argument("--product-strength", type=float, default=0.3)
+    p.add_argument("--background-strength", type=float, default=1.0)
+    p.add_argument("--no-preserve-color", dest="preserve_color", action="store_false",
+                   help="let the product take the style's colours too")
+    p.add_argument("--strength", type=float, default=1.0, help="global strength with --protect")
+    p.add_argument("--cache-dir", type=Path, default=Path("out/renders"))
+    p.add_argument("--out", type=Path, default=Path("out/render"), help="gallery folder")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-side", type=int, default=768)
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--format", default="png", choices=["png", "jpg"])
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run_render)
+    return p
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """``["k=v", ...]`` to a dict, values parsed as JSON when possible.
+
+    Examples
+    --------
+    >>> parse_params(["alpha=0.6", "levels=[3,2]", "weights=candy.pth"])
+    {'alpha': 0.6, 'levels': [3, 2], 'weights': 'candy.pth'}
+    """
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param needs KEY=VALUE, got {pair!r}")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+def resolve_image(spec: str, root: Path | None) -> tuple[str, Path]:
+    """``PATH``, ``ID=PATH`` or a bare ``ID`` (found under ``root``) to ``(id, path)``.
+
+    Raises
+    ------
+    FileNotFoundError
+        When neither the path nor the id under ``root`` exists.
+    """
+    ident, sep, rest = spec.partition("=")
+    if sep:
+        return ident, Path(rest)
+    path = Path(spec)
+    if path.is_file():
+        return path.stem, path
+    if root is not None:
+        for candidate in sorted(root.glob(f"**/{spec}.*")):
+            if candidate.suffix.lower() in IMAGE_SUFFIXES:
+                return spec, candidate
+    where = f" or as an id under {root}" if root else " (give --item-root/--style-root for ids)"
+    raise FileNotFoundError(f"image {spec!r} not found as a file{where}")
+
+
+def run_render(args: argparse.Namespace) -> int:
+    """Handler of ``stylerec render``; returns the process exit code."""
+    from .gallery import contact_sheet, rows_from_grid, write_html
+    from .protection import ProtectedStyler
+    from .renderer import Renderer
+
+    items = dict(resolve_image(s, args.item_root) for s in args.item)
+    styles = dict(resolve_image(s, args.style_root) for s in args.style)
+    styler = create_styler(args.styler, **parse_params(args.param))
+    if not styles:
+        if styler.uses_style_image:
+            raise SystemExit(f"styler {args.styler!r} needs at least one --style")
+        styles = {"baked": None}
+    if args.protect:
+        styler = ProtectedStyler(
+            styler, product_strength=args.product_strength,
+            background_strength=args.background_strength,
+            preserve_color=args.preserve_color, strength=args.strength,
+        )
+    renderer = Renderer(
+        styler, args.cache_dir, device=args.device, batch_size=args.batch_size,
+        max_side=args.max_side, dtype=args.dtype, image_format=args.format,
+        progress=args.progress,
+    )
+    grid = renderer.render_grid(items, styles)
+    rows = rows_from_grid({args.styler: grid}, items, styles)
+    page = write_html(rows, args.out / "index.html", title=f"stylerec render: {args.styler}")
+    contact_sheet(rows, args.out / "contact_sheet.jpg")
+    print(f"{len(grid)} renders ({renderer.stats['hits']} cached) -> {page}")
+    return 0
