@@ -20,8 +20,6 @@ Examples
 
 from __future__ import annotations
 
-import os
-import tempfile
 from functools import cached_property
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.catalog import Catalog
+from recsys.files import atomic_write
 from recsys.interactions import KNOWN_SCHEMAS, Interactions, load_interactions
 
 SEPARATOR = "#"
@@ -88,15 +87,8 @@ def detect_columns(frame: pd.DataFrame) -> tuple[str, str, str | None]:
 
 def write_csv_atomic(frame: pd.DataFrame, path: Path) -> Path:
     """Write ``frame`` to ``path`` through a temporary file renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            frame.to_csv(handle, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w") as handle:
+        frame.to_csv(handle, index=False)
     return path
 
 

@@ -8,29 +8,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-
-def _atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+from recsys.files import atomic_write, write_bytes_atomic
 
 
 def write_text(path: Path, text: str) -> Path:
     """Write ``text`` (UTF-8) atomically."""
-    return _atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json(path: Path, record: dict[str, Any]) -> Path:
@@ -195,11 +181,10 @@ def plot(record: dict[str, Any], path: Path) -> Path:
                  f"{record['machine']['usable_cores']} cores, load {load}")
     fig.tight_layout()
 
-    def save(handle: BinaryIO) -> None:
-        fig.savefig(handle, format="png", dpi=110)
-
     try:
-        return _atomic(path, save)
+        with atomic_write(path) as handle:
+            fig.savefig(handle, format="png", dpi=110)
+        return path
     finally:
         plt.close(fig)
 

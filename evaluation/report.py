@@ -13,6 +13,7 @@ Every file is written atomically (a temporary file in the same directory, then
 
 Examples
 --------
+>>> import tempfile
 >>> folder = Path(tempfile.mkdtemp())
 >>> path = write_json({"name": "demo", "models": []}, folder / "record.json")
 >>> json.loads(path.read_text())["name"]
@@ -33,7 +34,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -41,26 +41,12 @@ from typing import Any
 
 import numpy as np
 
+from recsys.files import write_bytes_atomic
+
 FORMAT_VERSION = 1
 TRACKED_PACKAGES = ("stylerec", "implicit", "numpy", "scipy", "pandas", "torch", "faiss-cpu",
                     "matplotlib")
 
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _json_default(value: Any) -> Any:
@@ -89,7 +75,7 @@ def _finite(value: Any) -> Any:
 def write_json(record: Mapping[str, Any], path: str | Path) -> Path:
     """Write a record as indented JSON, atomically; NaN becomes ``null``."""
     text = json.dumps(_finite(dict(record)), indent=2, default=_json_default, allow_nan=False)
-    return atomic_write_bytes(path, (text + "\n").encode())
+    return write_bytes_atomic(path, (text + "\n").encode())
 
 
 def file_fingerprint(path: str | Path) -> dict[str, Any]:
@@ -97,6 +83,7 @@ def file_fingerprint(path: str | Path) -> dict[str, Any]:
 
     Examples
     --------
+    >>> import tempfile
     >>> p = Path(tempfile.mkdtemp()) / "f.txt"
     >>> _ = p.write_text("abc")
     >>> file_fingerprint(p)["sha256"][:12]
@@ -425,7 +412,7 @@ def render_html(
 
 def write_html(record: Mapping[str, Any], path: str | Path, **kwargs: Any) -> Path:
     """Render :func:`render_html` and write it atomically."""
-    return atomic_write_bytes(path, render_html(record, **kwargs).encode())
+    return write_bytes_atomic(path, render_html(record, **kwargs).encode())
 
 
 def write_per_user_csv(
@@ -442,4 +429,4 @@ def write_per_user_csv(
         for metric, values in metrics.items():
             writer.writerows([model, u, metric, f"{v:.6g}"]
                              for u, v in zip(users, values, strict=True))
-    return atomic_write_bytes(path, buf.getvalue().encode())
+    return write_bytes_atomic(path, buf.getvalue().encode())

@@ -12,6 +12,7 @@ import numpy as np
 
 from recsys.catalog import Catalog
 from recsys.cf import create_model
+from recsys.files import write_bytes_atomic
 from recsys.interactions import load_interactions
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def run_demo(data_dir: Path, out_dir: Path, n_customers: int = 3, k: int = 10,
 
     out_dir.mkdir(parents=True, exist_ok=True)
     page = out_dir / "index.html"
-    _write_atomic(page, _page("stylerec demo", "".join(sections)))
+    write_bytes_atomic(page, _page("stylerec demo", "".join(sections)).encode())
     print(f"\nwrote {page} ({time.perf_counter() - start:.1f}s in all)")
     return page
 
@@ -70,8 +71,3 @@ def _page(title: str, body: str) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{style}</style></head><body><h1>{title}</h1>{body}</body></html>")
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

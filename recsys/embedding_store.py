@@ -32,16 +32,16 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from .encoders import ImageEncoder
+from .files import atomic_write, write_bytes_atomic
 from .images import ImageLoadError, content_hash
 
 log = logging.getLogger(__name__)
@@ -69,21 +69,6 @@ def _digests(rows: np.ndarray) -> list[bytes]:
     """
     raw = np.ascontiguousarray(rows["key"]).view(np.uint8).reshape(len(rows), -1).tobytes()
     return [raw[i:i + _DIGEST_BYTES] for i in range(0, len(raw), _DIGEST_BYTES)]
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write via ``write(handle)`` to a temp file beside ``path``, then rename over it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the cache from other users
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class EmbeddingStore:
@@ -157,7 +142,7 @@ class EmbeddingStore:
         elif isinstance(self.encoder, ImageEncoder):
             self.path_.mkdir(parents=True, exist_ok=True)
             text = json.dumps({"encoder_id": self.encoder_id_, "dim": self.dim_}, indent=1)
-            _atomic_write(meta_path, lambda h: h.write(text.encode()))
+            write_bytes_atomic(meta_path, text.encode())
         else:
             raise FileNotFoundError(f"no embeddings of encoder {self.encoder_id_!r} under "
                                     f"{self.directory} (expected {self.path_})")
@@ -335,7 +320,8 @@ class EmbeddingStore:
         rows["vector"] = np.concatenate(vectors)
         self._counter += 1
         name = f"shard-{time.time_ns()}-{os.getpid()}-{self._counter:05d}.npy"
-        _atomic_write(self.path_ / name, lambda h: np.save(h, rows))
+        with atomic_write(self.path_ / name) as handle:
+            np.save(handle, rows)
         self._seen_files.add(name)
         self._add_shard(np.load(self.path_ / name, mmap_mode="r"))
         log.debug("wrote %s (%d rows)", name, len(keys))
@@ -361,7 +347,8 @@ class EmbeddingStore:
             merged["vector"][i] = self._shards[shard]["vector"][row]
         self._counter += 1
         name = f"shard-{time.time_ns()}-{os.getpid()}-{self._counter:05d}.npy"
-        _atomic_write(self.path_ / name, lambda h: np.save(h, merged))
+        with atomic_write(self.path_ / name) as handle:
+            np.save(handle, merged)
         for old_name in old:
             (self.path_ / old_name).unlink(missing_ok=True)
         self._index, self._shards, self._seen_files = {}, [], set()

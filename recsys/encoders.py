@@ -45,8 +45,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from stylers.hashing import file_sha256
-
+from .files import file_sha256
 from .images import ImageLoadError, ImageSource, decode_batches, fit_square, load_image
 
 log = logging.getLogger(__name__)

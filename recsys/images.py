@@ -9,7 +9,6 @@ it decodes and resizes), so the next batch is decoded while the model runs on th
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from collections import deque
@@ -22,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +162,8 @@ def _check_size(name: str, size: tuple[int, int], max_pixels: int, min_side: int
         raise ImageLoadError(name, f"{width}x{height} has a side under {min_side} px")
 
 
-def content_hash(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes, as hex: the cache key of an image.
+def content_hash(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, as hex: the cache key of an image (memoised).
 
     Raises ``ImageLoadError`` naming the file when it cannot be read.
 
@@ -171,14 +172,10 @@ def content_hash(path: str | Path, chunk_size: int = 1 << 20) -> str:
     >>> content_hash("photo.jpg")  # doctest: +SKIP
     '9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08'
     """
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as handle:
-            while block := handle.read(chunk_size):
-                digest.update(block)
+        return file_sha256(path)
     except OSError as err:
         raise ImageLoadError(str(path), f"cannot read ({err.strerror or err})") from None
-    return digest.hexdigest()
 
 
 def fit_square(image: Image.Image, size: int, mode: str = "pad") -> Image.Image:

@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +35,7 @@ import numpy as np
 
 from .catalog import IMAGE_SUFFIXES
 from .encoders import ImageEncoder
+from .files import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +45,6 @@ _FORMAT = 1
 
 class EncoderMismatchError(ValueError):
     """Vectors from one encoder used against an index built with another."""
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class StyleIndex:
@@ -287,14 +272,14 @@ class StyleIndex:
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         data = faiss.serialize_index(self.index_).tobytes()
-        _write_atomic(folder / "index.faiss", data)
+        write_bytes_atomic(folder / "index.faiss", data)
         meta = {
             "format": _FORMAT, "factory": self.factory, "metric": self.metric,
             "nprobe": self.nprobe, "ef_search": self.ef_search, "dim": self.dim_,
             "encoder_id": self.encoder_id_, "index_sha256": hashlib.sha256(data).hexdigest(),
             "ids": self.ids_.tolist(),
         }
-        _write_atomic(folder / "meta.json", json.dumps(meta).encode())
+        write_bytes_atomic(folder / "meta.json", json.dumps(meta).encode())
         return folder
 
     @classmethod

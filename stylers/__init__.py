@@ -33,7 +33,7 @@ _LAZY = {
     "ProtectedStyler": "stylers.protection",
     "foreground_mask": "stylers.protection",
     "Renderer": "stylers.renderer",
-    "ImageLoadError": "stylers.imageio",
+    "ImageLoadError": "recsys.images",
     "CheckpointError": "stylers.checkpoints",
 }
 

@@ -13,8 +13,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from recsys.files import file_sha256
+
 from .base import Styler, resize_max_side
-from .hashing import file_sha256
 from .registry import register_styler
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
-from .atomic import atomic_write
+from recsys.files import atomic_write
+
 from .imageio import save_image_atomic
 
 

@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from recsys.files import file_sha256
+
 from .base import Styler, resize_max_side
 from .effnet import EfficientNetLite0Features
-from .hashing import file_sha256
 from .registry import register_styler
 from .vgg import load_vgg_encoder
 

@@ -7,17 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-from .atomic import atomic_write
+from recsys.files import atomic_write
+from recsys.images import load_image as load_rgb
 
-MIN_SIDE = 8
-MAX_PIXELS = 64_000_000  # ~8000 x 8000; anything larger is a mistake, not a catalog photo
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
-
-
-class ImageLoadError(ValueError):
-    """An image file is missing, corrupt, or of an absurd size."""
 
 
 def load_image(path: str | os.PathLike[str], max_side: int | None = None) -> torch.Tensor:
@@ -44,7 +39,7 @@ def load_image(path: str | os.PathLike[str], max_side: int | None = None) -> tor
     ------
     ImageLoadError
         If the file is missing or unreadable, or the image is smaller than
-        ``MIN_SIDE`` or larger than ``MAX_PIXELS``; the message names the file.
+        ``recsys.images.MIN_SIDE`` or larger than ``MAX_PIXELS``; the message names the file.
 
     Examples
     --------
@@ -55,44 +50,12 @@ def load_image(path: str | os.PathLike[str], max_side: int | None = None) -> tor
     >>> load_image(p, max_side=10).shape
     torch.Size([3, 5, 10])
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise ImageLoadError(f"image {path} is {w}x{h}, larger than {MAX_PIXELS} pixels")
-            if max_side and max(w, h) > 2 * max_side:
-                img.draft("RGB", (max_side, max_side))  # JPEG DCT scaling: much faster decode
-            img = ImageOps.exif_transpose(img)
-            img = _to_rgb(img)
-    except ImageLoadError:
-        raise
-    except FileNotFoundError:
-        raise ImageLoadError(f"image not found: {path}") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageLoadError(f"cannot read image {path}: {exc}") from exc
-    if min(img.size) < MIN_SIDE:
-        raise ImageLoadError(
-            f"image {path} is {img.width}x{img.height}; need at least {MIN_SIDE}px a side"
-        )
+    img = load_rgb(path, draft_size=max_side)
     if max_side and max(img.size) > max_side:
         scale = max_side / max(img.size)
         size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
         img = img.resize(size, Image.Resampling.LANCZOS)
     return pil_to_tensor(img)
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if (img.mode == "P" and "transparency" in img.info) or img.mode in ("RGBA", "LA", "PA"):
-        img = img.convert("RGBA")
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, img).convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grayscale: scale to 8 bit instead of letting Pillow clip at 255
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray(np.round(arr / top * 255).astype(np.uint8))
-    return img.convert("RGB")
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from recsys.files import file_sha256
+
 from .base import Styler
-from .hashing import file_sha256
 from .imageio import load_image, save_image_atomic, tensor_to_pil
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ class Renderer:
         ------
         FileNotFoundError
             If an image file does not exist (the message names it).
-        stylers.imageio.ImageLoadError
+        recsys.images.ImageLoadError
             If an image is corrupt or of an absurd size (the message names it).
         """
         keyed = [(pair, self.cache_key(pair[1], pair[3])) for pair in pairs]

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from recsys.files import file_sha256
+
 from .base import Styler, pad_to_multiple, resize_max_side
-from .hashing import file_sha256
 from .registry import register_styler
 from .vgg import LEVELS, load_vgg_decoder, load_vgg_encoder
 
