@@ -1,4 +1,4 @@
-"""The ``stylerec`` command line: fit, recommend, demo (and the stages that plug in)."""
+"""The ``stylerec`` command line: fit, recommend, demo, render, evaluate, bench."""
 
 from __future__ import annotations
 
@@ -8,28 +8,18 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from evaluation.bench import add_bench_parser
+from evaluation.cli import add_evaluate_parser
+from recsys.catalog import Catalog
 from recsys.cf import MODELS, Recommender, create_model
 from recsys.interactions import WEIGHTINGS, load_interactions
+from recsys.recommender import StyleRecommender
+from stylers.cli import add_render_parser, add_styler_arguments, parse_params, renderer_from_args
 
 log = logging.getLogger("stylerec")
-
-
-def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["factors=64", "alpha=2.0", "similarity=bm25"]`` → typed keyword arguments."""
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise argparse.ArgumentTypeError(f"--param expects key=value, got {pair!r}")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw
-    return params
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,13 +47,29 @@ def load_from_args(args: argparse.Namespace):
 
 def cmd_fit(args: argparse.Namespace) -> int:
     data = load_from_args(args)
-    model = create_model(args.model, **parse_params(args.param)).fit(data)
-    path = model.save(args.out)
-    print(f"fitted {model!r} on {data}; saved to {path}")
+    cf_params = parse_params(args.param)
+    if args.images is None:
+        model = create_model(args.model, **cf_params).fit(data)
+        path = model.save(args.out)
+        print(f"fitted {model!r} on {data}; saved to {path}")
+        return 0
+    pipeline = StyleRecommender(
+        args.model, cf_params, encoder=args.encoder, cache_dir=args.cache_dir,
+        blend=args.blend,
+    ).fit(data, Catalog.from_directory(args.images), args.styles)
+    path = pipeline.save(args.out)
+    print(f"fitted StyleRecommender ({args.model} ⊕ {pipeline.encoder_id_} taste, "
+          f"{len(pipeline.ranker_.item_ids_)} rankable items, {len(pipeline.style_paths_)} "
+          f"styles, {len(pipeline.failures_)} images failed) on {data}; saved to {path}")
     return 0
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
+    if (args.model_dir / "recommender.json").is_file():
+        return _recommend_slates(args)
+    if args.render:
+        raise ValueError(f"{args.model_dir} holds a CF model only: --render needs a pipeline "
+                         "fitted with --images and --styles")
     model = Recommender.load(args.model_dir)
     items, scores = model.recommend(args.user, k=args.k, filter_seen=not args.keep_seen)
     result = [
@@ -79,6 +85,20 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             print(f"user {slate['user_id']}:")
             for rank, entry in enumerate(slate["items"], 1):
                 print(f"  {rank:2d}. {entry['item_id']}  {entry['score']:.4f}")
+    return 0
+
+
+def _recommend_slates(args: argparse.Namespace) -> int:
+    if args.keep_seen:
+        raise ValueError("--keep-seen applies to CF models; a StyleRecommender never "
+                         "recommends what a user already has")
+    renderer = renderer_from_args(args) if args.render else None
+    pipeline = StyleRecommender.load(args.model_dir, renderer=renderer)
+    slates = pipeline.recommend(args.user, k=args.k, render=args.render)
+    if args.json:
+        print(json.dumps([slate.to_dict() for slate in slates], indent=2))
+    else:
+        print("\n\n".join(slate.explain() for slate in slates))
     return 0
 
 
@@ -100,14 +120,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more logging (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    fit = sub.add_parser("fit", help="fit a collaborative-filtering model and save it",
-                         description="Fit a CF model on an interaction log and save it to a "
-                                     "directory (model.json + arrays.npz, no pickle).")
+    fit = sub.add_parser("fit", help="fit the pipeline (or a CF model alone) and save it",
+                         description="With --images: fit every stage (CF model, image "
+                                     "embeddings, taste vectors, style index with --styles, "
+                                     "ranker) as a StyleRecommender. Without: fit the CF model "
+                                     "alone. Saved as JSON + npz/FAISS files, no pickle.")
     add_data_arguments(fit)
     fit.add_argument("--model", choices=sorted(MODELS), default="als",
                      help="CF model (default: als)")
     fit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                     help="model hyperparameter, repeatable (e.g. --param factors=64)")
+                     help="CF hyperparameter, repeatable (e.g. --param factors=64)")
+    visual = fit.add_argument_group("visual taste (the full pipeline)")
+    visual.add_argument("--images", type=Path,
+                        help="catalog image folder: <root>/**/<item id>.<jpg|png|...>")
+    visual.add_argument("--styles", type=Path, help="folder of style reference images")
+    visual.add_argument("--encoder", default="efficientnet-lite0",
+                        help="image encoder (default: efficientnet-lite0, offline weights)")
+    visual.add_argument("--cache-dir", type=Path, default=Path("out/cache/embeddings"),
+                        help="embedding store (default: out/cache/embeddings)")
+    visual.add_argument("--blend", type=float, default=0.5,
+                        help="weight of taste in the final score, 0..1 (default: 0.5)")
     fit.add_argument("--out", type=Path, required=True, help="directory to save the model to")
     fit.set_defaults(func=cmd_fit)
 
@@ -118,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("-k", type=int, default=10, help="slate length (default: 10)")
     rec.add_argument("--keep-seen", action="store_true", help="do not drop items already seen")
     rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rec.add_argument("--render", action="store_true",
+                     help="render each item in the user's matched style (pipelines only)")
+    add_styler_arguments(rec)
     rec.set_defaults(func=cmd_recommend)
 
     demo = sub.add_parser("demo", help="end-to-end demo on the bundled data/ folder",
@@ -130,14 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
 
-    for module, hook in (("evaluation.cli", "add_evaluate_parser"),
-                         ("stylers.cli", "add_render_parser"),
-                         ("evaluation.bench", "add_bench_parser")):
-        try:
-            add = getattr(__import__(module, fromlist=[hook]), hook)
-        except (ImportError, AttributeError):
-            continue  # that stage is not installed in this build
-        add(sub)
+    add_render_parser(sub)
+    add_evaluate_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import numpy as np
 
 _CHUNK = 1 << 20
 # (resolved path, size, mtime_ns) -> hex digest; a file rewritten in place gets a new entry.
@@ -94,3 +97,43 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
                 h.update(chunk)
         digest = _DIGESTS[key] = h.hexdigest()
     return digest
+
+
+def write_npz_atomic(path: str | os.PathLike[str], arrays: dict[str, Any]) -> Path:
+    """Save ``arrays`` as an uncompressed ``.npz`` atomically; returns the path."""
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
+    return Path(path)
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Fill a temporary folder beside ``path``, then swap it in for ``path``.
+
+    A reader sees the old folder or the complete new one; on an exception the
+    temporary folder is removed and ``path`` is untouched.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "model"
+    >>> with atomic_directory(target) as tmp:
+    ...     _ = (tmp / "a.json").write_text("{}")
+    >>> sorted(p.name for p in target.iterdir())
+    ['a.json']
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

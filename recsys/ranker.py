@@ -54,8 +54,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.files import write_bytes_atomic, write_npz_atomic
 from recsys.style_index import StyleIndex
-from recsys.taste import TasteProfiles, _check_vectors, _write_npz, _write_text
+from recsys.taste import TasteProfiles, _check_vectors
 
 log = logging.getLogger(__name__)
 
@@ -479,9 +480,9 @@ class StyleRanker:
         path.mkdir(parents=True, exist_ok=True)
         self.index_.save(path / "index")
         if self.groups_ is not None:
-            _write_npz(path / "groups.npz", {"groups": self.groups_})
-        _write_text(path / "ranker.json", json.dumps(
-            {"format": FORMAT_VERSION, "params": self.get_params()}, indent=2))
+            write_npz_atomic(path / "groups.npz", {"groups": self.groups_})
+        write_bytes_atomic(path / "ranker.json", json.dumps(
+            {"format": FORMAT_VERSION, "params": self.get_params()}, indent=2).encode())
         return path
 
     @classmethod

@@ -35,9 +35,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,10 +45,11 @@ import scipy.sparse as sp
 
 from recsys.catalog import Catalog
 from recsys.cf import Recommender, create_model
+from recsys.files import atomic_directory, write_bytes_atomic, write_npz_atomic
 from recsys.interactions import Interactions, _lookup
 from recsys.ranker import StyleRanker
 from recsys.style_index import StyleIndex
-from recsys.taste import EmbeddingPCA, TasteModel, _write_npz, _write_text
+from recsys.taste import EmbeddingPCA, TasteModel
 
 log = logging.getLogger(__name__)
 
@@ -468,17 +466,14 @@ class StyleRecommender:
         pickle anywhere. The renderer is not saved: pass it to :meth:`load`.
         """
         self._check_fitted()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_directory(path) as tmp:
             self.cf_.save(tmp / "cf")
             self.taste_.save(tmp / "taste")
             self.ranker_.save(tmp / "ranker")
             if self.styles_ is not None:
                 self.styles_.save(tmp / "styles")
             pca = {} if self.pca_ is None else self.pca_.arrays()
-            _write_npz(tmp / "arrays.npz", {"popularity": self.popularity_, **pca})
+            write_npz_atomic(tmp / "arrays.npz", {"popularity": self.popularity_, **pca})
             params = {name: getattr(self, name) for name in (
                 "cf_model", "cf_params", "encoder_params", "cache_dir", "embedding_dim",
                 "whiten", "taste_params", "blend", "ranker_params")}
@@ -487,18 +482,8 @@ class StyleRecommender:
             meta = {"format": FORMAT_VERSION, "params": params, "encoder_id": self.encoder_id_,
                     "style_paths": self.style_paths_, "item_paths": self.item_paths_,
                     "failures": self.failures_}
-            _write_text(tmp / "recommender.json", json.dumps(meta, indent=2))
-            if path.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-                os.replace(path, old / path.name)
-                os.replace(tmp, path)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+            write_bytes_atomic(tmp / "recommender.json", json.dumps(meta, indent=2).encode())
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path, renderer: Any = None) -> StyleRecommender:

@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.files import write_bytes_atomic, write_npz_atomic
 from recsys.interactions import Interactions, _lookup
 
 log = logging.getLogger(__name__)
@@ -409,13 +410,13 @@ class TasteModel:
         self._check_fitted()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        _write_npz(path / "taste.npz", {
+        write_npz_atomic(path / "taste.npz", {
             "user_ids": self.user_ids_, "item_ids": self.item_ids_,
             "item_vectors": self.item_vectors_, "vectors": self.vectors_,
             "weights": self.weights_, "offsets": self.offsets_, "global": self.global_,
         })
-        _write_text(path / "taste.json", json.dumps(
-            {"format": FORMAT_VERSION, "params": self.get_params()}, indent=2))
+        write_bytes_atomic(path / "taste.json", json.dumps(
+            {"format": FORMAT_VERSION, "params": self.get_params()}, indent=2).encode())
         return path
 
     @classmethod
@@ -554,15 +555,3 @@ def _max_duplicates(coo: sp.coo_matrix) -> sp.csr_matrix:
     first = np.r_[True, (row[1:] != row[:-1]) | (col[1:] != col[:-1])][: len(row)]
     return sp.csr_matrix((data[first], (row[first], col[first])), shape=coo.shape)
 
-
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        np.savez(f, **arrays)
-    tmp.replace(path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -19,9 +19,12 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .registry import available_stylers, create_styler
+
+if TYPE_CHECKING:
+    from .renderer import Renderer
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -42,27 +45,53 @@ def add_render_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
                    help="style image (repeatable; not needed by stylers with baked-in styles)")
     p.add_argument("--item-root", type=Path, help="folder to look item ids up in")
     p.add_argument("--style-root", type=Path, help="folder to look style ids up in")
-    p.add_argument("--styler", default="arbitrary",
-                   help=f"styler name (built-in: {', '.join(available_stylers())})")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="styler option; VALUE is parsed as JSON when it can be "
-                   "(e.g. --param weights=candy.pth --param alpha=0.6)")
-    p.add_argument("--protect", action="store_true", help="protect the product (see --product-*)")
-    p.add_argument("--product-strength", type=float, default=0.3)
-    p.add_argument("--background-strength", type=float, default=1.0)
-    p.add_argument("--no-preserve-color", dest="preserve_color", action="store_false",
-                   help="let the product take the style's colours too")
-    p.add_argument("--strength", type=float, default=1.0, help="global strength with --protect")
-    p.add_argument("--cache-dir", type=Path, default=Path("out/renders"))
+    add_styler_arguments(p)
     p.add_argument("--out", type=Path, default=Path("out/render"), help="gallery folder")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--max-side", type=int, default=768)
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    p.add_argument("--format", default="png", choices=["png", "jpg"])
-    p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=run_render)
     return p
+
+
+def add_styler_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options that choose a styler, its product protection and the renderer."""
+    g = parser.add_argument_group("rendering")
+    g.add_argument("--styler", default="arbitrary",
+                   help=f"styler name (built-in: {', '.join(available_stylers())})")
+    g.add_argument("--param", dest="styler_param", action="append", default=[],
+                   metavar="KEY=VALUE", help="styler option; VALUE is parsed as JSON when it "
+                   "can be (e.g. --param weights=candy.pth --param alpha=0.6)")
+    g.add_argument("--protect", action="store_true", help="protect the product (see --product-*)")
+    g.add_argument("--product-strength", type=float, default=0.3)
+    g.add_argument("--background-strength", type=float, default=1.0)
+    g.add_argument("--no-preserve-color", dest="preserve_color", action="store_false",
+                   help="let the product take the style's colours too")
+    g.add_argument("--strength", type=float, default=1.0, help="global strength with --protect")
+    g.add_argument("--cache-dir", type=Path, default=Path("out/renders"),
+                   help="render cache (default: out/renders)")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--batch-size", type=int, default=4)
+    g.add_argument("--max-side", type=int, default=768)
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    g.add_argument("--format", default="png", choices=["png", "jpg"])
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def renderer_from_args(args: argparse.Namespace) -> Renderer:
+    """The :class:`Renderer` that :func:`add_styler_arguments`' options describe."""
+    from .protection import ProtectedStyler
+    from .renderer import Renderer
+
+    styler = create_styler(args.styler, **parse_params(args.styler_param))
+    if args.protect:
+        styler = ProtectedStyler(
+            styler, product_strength=args.product_strength,
+            background_strength=args.background_strength,
+            preserve_color=args.preserve_color, strength=args.strength,
+        )
+    return Renderer(
+        styler, args.cache_dir, device=args.device, batch_size=args.batch_size,
+        max_side=args.max_side, dtype=args.dtype, image_format=args.format,
+        progress=args.progress,
+    )
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -110,27 +139,14 @@ def resolve_image(spec: str, root: Path | None) -> tuple[str, Path]:
 def run_render(args: argparse.Namespace) -> int:
     """Handler of ``stylerec render``; returns the process exit code."""
     from .gallery import contact_sheet, rows_from_grid, write_html
-    from .protection import ProtectedStyler
-    from .renderer import Renderer
 
     items = dict(resolve_image(s, args.item_root) for s in args.item)
     styles = dict(resolve_image(s, args.style_root) for s in args.style)
-    styler = create_styler(args.styler, **parse_params(args.param))
+    renderer = renderer_from_args(args)
     if not styles:
-        if styler.uses_style_image:
+        if renderer.styler.uses_style_image:
             raise SystemExit(f"styler {args.styler!r} needs at least one --style")
         styles = {"baked": None}
-    if args.protect:
-        styler = ProtectedStyler(
-            styler, product_strength=args.product_strength,
-            background_strength=args.background_strength,
-            preserve_color=args.preserve_color, strength=args.strength,
-        )
-    renderer = Renderer(
-        styler, args.cache_dir, device=args.device, batch_size=args.batch_size,
-        max_side=args.max_side, dtype=args.dtype, image_format=args.format,
-        progress=args.progress,
-    )
     grid = renderer.render_grid(items, styles)
     rows = rows_from_grid({args.styler: grid}, items, styles)
     page = write_html(rows, args.out / "index.html", title=f"stylerec render: {args.styler}")

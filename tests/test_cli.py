@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -30,5 +31,45 @@ def test_errors_are_reported_not_raised(demo_dir, tmp_path, capsys):
 def test_parse_params_types():
     assert parse_params(["factors=64", "alpha=2.5", "similarity=bm25", "flag=true"]) == {
         "factors": 64, "alpha": 2.5, "similarity": "bm25", "flag": True}
-    with pytest.raises(Exception, match="key=value"):
+    with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_params(["oops"])
+
+
+def test_fit_pipeline_then_recommend_and_render(demo_dir, tmp_path, capsys):
+    """`fit --images --styles` builds every stage; `recommend --render` renders the slate."""
+    import shutil
+
+    import pandas as pd
+
+    log = pd.read_csv(demo_dir / "transactions.csv", dtype=str)
+    users = log["customer_id"].drop_duplicates().iloc[:6]
+    small = log[log["customer_id"].isin(users)]
+    small.to_csv(tmp_path / "t.csv", index=False)
+    for item in small["article_id"].unique():
+        target = tmp_path / "images" / f"{item}.jpg"
+        target.parent.mkdir(exist_ok=True)
+        shutil.copy(demo_dir / "images" / item[:3] / f"{item}.jpg", target)
+    (tmp_path / "images" / "cold.jpg").write_bytes(
+        (tmp_path / "images" / f"{small['article_id'].iloc[0]}.jpg").read_bytes())
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    for name in ("wave", "mondrian"):
+        shutil.copy(demo_dir / "styles" / f"{name}.jpg", styles / f"{name}.jpg")
+
+    assert main(["fit", "--interactions", str(tmp_path / "t.csv"), "--param", "factors=4",
+                 "--images", str(tmp_path / "images"), "--styles", str(styles),
+                 "--cache-dir", str(tmp_path / "emb"), "--out", str(tmp_path / "model")]) == 0
+    assert "StyleRecommender" in capsys.readouterr().out
+    user = users.iloc[0]
+    assert main(["recommend", "--model-dir", str(tmp_path / "model"), "--user", user, "-k", "50",
+                 "--json", "--render", "--styler", "color", "--protect", "--no-progress",
+                 "--cache-dir", str(tmp_path / "renders")]) == 0
+    slate = json.loads(capsys.readouterr().out)[0]
+    bought = set(small.loc[small["customer_id"] == user, "article_id"])
+    recommended = [e["item_id"] for e in slate["entries"]]
+    assert recommended and not bought & set(recommended)
+    assert "cold" in recommended  # an image nobody bought can rank
+    assert slate["style"]["style_id"] in {"wave", "mondrian"}
+    assert all(Path(e["image"]).is_file() for e in slate["entries"])
+    assert main(["recommend", "--model-dir", str(tmp_path / "model"), "--user", user,
+                 "--keep-seen"]) == 2
