@@ -42,6 +42,12 @@ class StyleSlates:
         Catalog image folder (``Catalog.from_directory``: the id is the file stem).
     blend : float
         Weight of the taste part (``StyleRecommender(blend=...)``).
+    groups : str or Path, optional
+        CSV of item groups for the ranker's group part (``ranker_params=
+        {"group_weight": ...}``), e.g. H&M ``articles.csv`` whose ``product_code``
+        is shared by the colour variants of one garment.
+    group_columns : pair of str
+        The item id and group columns of ``groups``.
     **options
         Other ``StyleRecommender`` arguments: ``cf_model``, ``cf_params``,
         ``encoder``, ``encoder_params``, ``cache_dir``, ``taste_params``,
@@ -54,9 +60,13 @@ class StyleSlates:
     >>> item_ids, scores = model.recommend(["c1"], k=10)  # doctest: +SKIP
     """
 
-    def __init__(self, images: str | Path, blend: float = 0.5, **options: Any) -> None:
+    def __init__(self, images: str | Path, blend: float = 0.5, groups: str | Path | None = None,
+                 group_columns: Sequence[str] = ("article_id", "product_code"),
+                 **options: Any) -> None:
         self.images = images
         self.blend = blend
+        self.groups = groups
+        self.group_columns = group_columns
         self.options = options
 
     def fit(self, interactions: Interactions) -> StyleSlates:
@@ -64,8 +74,23 @@ class StyleSlates:
         from recsys.recommender import StyleRecommender
 
         self.model_ = StyleRecommender(blend=self.blend, **self.options)
-        self.model_.fit(interactions, Catalog.from_directory(self.images))
+        self.model_.fit(interactions, Catalog.from_directory(self.images),
+                        item_groups=self._item_groups())
         return self
+
+    def _item_groups(self) -> dict[str, str] | None:
+        if self.groups is None:
+            return None
+        import pandas as pd
+
+        item_col, group_col = self.group_columns
+        try:
+            frame = pd.read_csv(self.groups, dtype=str, usecols=[item_col, group_col])
+        except ValueError as err:
+            raise ValueError(f"{self.groups}: needs columns {item_col!r} and {group_col!r} "
+                             f"({err})") from None
+        frame = frame.dropna()
+        return dict(zip(frame[item_col], frame[group_col], strict=True))
 
     def recommend(
         self, user_ids: Sequence[str], k: int = 10, filter_seen: bool = True
