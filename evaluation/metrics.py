@@ -64,7 +64,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -249,6 +249,17 @@ def _rows(mask: np.ndarray | sp.spmatrix) -> np.ndarray:
     return mask.toarray().astype(bool) if sp.issparse(mask) else np.asarray(mask, dtype=bool)
 
 
+def _candidate_rows(
+    scores: np.ndarray, relevant: np.ndarray | sp.spmatrix, candidates: np.ndarray | None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each user's scores (float64) and relevance (bool) over their candidate items."""
+    scores = np.asarray(scores, dtype=np.float64)
+    pos_all = _rows(relevant)
+    cand_all = np.ones_like(pos_all) if candidates is None else _rows(candidates)
+    for u in range(len(scores)):
+        yield scores[u][cand_all[u]], pos_all[u][cand_all[u]]
+
+
 def auc_per_user(
     scores: np.ndarray,
     relevant: np.ndarray | sp.spmatrix,
@@ -277,17 +288,12 @@ def auc_per_user(
     >>> auc_per_user(s, np.array([[True, False, False, True]])).tolist()  # 3 of 4 pairs
     [0.75]
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    pos_all = _rows(relevant)
-    cand_all = np.ones_like(pos_all) if candidates is None else _rows(candidates)
     out = np.full(len(scores), np.nan)
-    for u in range(len(scores)):
-        cand = cand_all[u]
-        pos = pos_all[u][cand]
+    for u, (s, pos) in enumerate(_candidate_rows(scores, relevant, candidates)):
         n_pos, n_neg = int(pos.sum()), int((~pos).sum())
         if n_pos == 0 or n_neg == 0:
             continue
-        ranks = rankdata(scores[u][cand])  # average ranks: ties count one half
+        ranks = rankdata(s)  # average ranks: ties count one half
         out[u] = (ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
     return out
 
@@ -309,14 +315,8 @@ def average_precision_full(
     >>> round(float(ap[0]), 4)  # (1/1 + 2/3) / 2
     0.8333
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    pos_all = _rows(relevant)
-    cand_all = np.ones_like(pos_all) if candidates is None else _rows(candidates)
     out = np.full(len(scores), np.nan)
-    for u in range(len(scores)):
-        cand = cand_all[u]
-        s = scores[u][cand]
-        pos = pos_all[u][cand]
+    for u, (s, pos) in enumerate(_candidate_rows(scores, relevant, candidates)):
         if not pos.any():
             continue
         rank = rankdata(-s, method="max")[pos]

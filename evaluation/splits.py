@@ -27,6 +27,8 @@ can never rank them, so they cap its recall; that is the honest number.
 
 Examples
 --------
+The functions' examples below reuse these two imports.
+
 >>> import pandas as pd
 >>> from recsys.interactions import Interactions
 >>> frame = pd.DataFrame({
@@ -138,8 +140,6 @@ def temporal_user_split(
 
     Examples
     --------
-    >>> import pandas as pd
-    >>> from recsys.interactions import Interactions
     >>> frame = pd.DataFrame({"user_id": ["a"] * 4, "item_id": list("wxyz"),
     ...                       "t": ["2020-01-04", "2020-01-01", "2020-01-03", "2020-01-02"]})
     >>> train, test = temporal_user_split(Interactions.from_frame(frame, time_col="t"),
@@ -196,8 +196,6 @@ def temporal_global_split(
 
     Examples
     --------
-    >>> import pandas as pd
-    >>> from recsys.interactions import Interactions
     >>> frame = pd.DataFrame({"user_id": ["a", "a", "b", "c"], "item_id": list("xyzx"),
     ...                       "t": ["2020-01-01", "2020-02-01", "2020-01-05", "2020-03-01"]})
     >>> train, test = temporal_global_split(Interactions.from_frame(frame, time_col="t"),
@@ -255,8 +253,6 @@ def leave_one_out_split(
 
     Examples
     --------
-    >>> import pandas as pd
-    >>> from recsys.interactions import Interactions
     >>> frame = pd.DataFrame({"user_id": ["a"] * 3, "item_id": list("xyz"),
     ...                       "t": ["2020-01-01", "2020-01-03", "2020-01-02"]})
     >>> train, test = leave_one_out_split(Interactions.from_frame(frame, time_col="t"))
@@ -318,8 +314,6 @@ def stratified_split(
 
     Examples
     --------
-    >>> import pandas as pd
-    >>> from recsys.interactions import Interactions
     >>> frame = pd.DataFrame({"user_id": ["a"] * 4 + ["b"] * 8,
     ...                       "item_id": [str(i) for i in range(12)]})
     >>> train, test = stratified_split(Interactions.from_frame(frame), test_fraction=0.25)
@@ -380,8 +374,6 @@ def ratio_split(
 
     Examples
     --------
-    >>> import pandas as pd
-    >>> from recsys.interactions import Interactions
     >>> frame = pd.DataFrame({"user_id": list("aabbccdd"), "item_id": list("xyxyxyxy"),
     ...                       "r": [5, 3, 4, 2, 5, 5, 1, 4]})
     >>> data = Interactions.from_frame(frame, value_col="r")

@@ -1,6 +1,7 @@
 """Collaborative-filtering models behind one batch-first interface.
 
-Wraps implicit's ALS, BPR, LMF and item-kNN, and adds a popularity baseline.
+Wraps implicit's ALS, BPR, LMF and item-kNN, and adds a popularity baseline and
+a numpy BPR with uniformly sampled negatives (``bpr-uniform``).
 Every model maps external string ids to its own dense indices, so callers never
 see an index.
 
@@ -16,8 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ from implicit.cpu.lmf import LogisticMatrixFactorization
 from implicit.utils import ParameterWarning
 from threadpoolctl import threadpool_limits
 
+from recsys.files import atomic_directory
 from recsys.interactions import Interactions, _lookup
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def register_model(name: str) -> Callable[[type[Recommender]], type[Recommender]
 
 def create_model(name: str, **params: Any) -> Recommender:
     """Instantiate a registered CF model by name (``popularity``, ``als``, ``bpr``,
-    ``lmf``, ``itemknn``) with its hyperparameters."""
+    ``bpr-uniform``, ``lmf``, ``itemknn``) with its hyperparameters."""
     try:
         cls = MODELS[name]
     except KeyError:
@@ -231,28 +231,17 @@ class Recommender(ABC):
         The directory is replaced atomically.
         """
         self._check_fitted()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         ui = self.user_items_
         arrays = {
             "user_ids": self.user_ids_, "item_ids": self.item_ids_,
             "ui_data": ui.data, "ui_indices": ui.indices, "ui_indptr": ui.indptr,
             **{name: np.asarray(getattr(self, name)) for name in self._array_names},
         }
-        np.savez(tmp / "arrays.npz", **arrays)
         meta = {"format": FORMAT_VERSION, "model": self.name, "params": self.get_params()}
-        (tmp / "model.json").write_text(json.dumps(meta, indent=2))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
-        else:
-            os.replace(tmp, path)
-        return path
+        with atomic_directory(path) as tmp:
+            np.savez(tmp / "arrays.npz", **arrays)
+            (tmp / "model.json").write_text(json.dumps(meta, indent=2))
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> Recommender:
@@ -425,9 +414,11 @@ class ALSRecommender(_FactorModel):
 class BPRRecommender(_FactorModel):
     """Bayesian Personalised Ranking (Rendle et al. 2009) via ``implicit``.
 
-    implicit keeps an item-bias column in the factors. Users unseen at fit time
-    get the confidence-weighted mean of their items' factors (item-to-item
-    behaviour), since BPR has no closed-form fold-in.
+    implicit samples negative items in proportion to their popularity, not
+    uniformly as in the paper; ``"bpr-uniform"`` (:class:`UniformBPRRecommender`)
+    is the paper's sampler. implicit keeps an item-bias column in the factors.
+    Users unseen at fit time get the confidence-weighted mean of their items'
+    factors (item-to-item behaviour), since BPR has no closed-form fold-in.
     """
 
     def __init__(self, factors: int = 64, learning_rate: float = 0.01,
@@ -530,3 +521,212 @@ class ItemKNNRecommender(_ImplicitModel):
 
     def _recommend(self, known, rows, k, filter_seen, candidates):
         return Recommender._recommend(self, known, rows, k, filter_seen, candidates)
+
+
+@register_model("bpr-uniform")
+class UniformBPRRecommender(Recommender):
+    """Bayesian Personalised Ranking with uniformly sampled negatives (numpy).
+
+    BPR as in Rendle et al. (2009) and as Cornac and LightFM implement it:
+    for each training pair (user u, item i the user interacted with), draw an
+    item j uniformly from the items u has *not* interacted with and take an SGD
+    step on ``ln σ(x_ui − x_uj) − λ‖θ‖²``, with ``x_ui = p_u · q_i + b_i``
+    (user factors ``p``, item factors ``q``, item bias ``b``).
+
+    How it differs from ``"bpr"`` (implicit's BPR): implicit draws each
+    negative as the item of a random non-zero of the training matrix, i.e. in
+    proportion to popularity. Then every item is pushed down about as often as
+    it is pushed up, the item bias learns little of popularity, and the model
+    ranks popular items lower than uniform-negative BPR does. Where the
+    evaluation rewards popular items (every held-out rating counts, as on
+    MovieLens-100k) the uniform sampler scores markedly higher (MAP@10 +15%
+    there, see docs/evaluation.md); popularity-proportional negatives are the
+    "harder" ones and lean the ranking away from best-sellers, which may suit
+    a catalogue where that is wanted. This model also differs in being pure
+    numpy (single-threaded, no ``num_threads``) and in its fold-in (below).
+
+    Training: each epoch visits every positive once in a random order, in
+    mini-batches of ``batch_size`` pairs whose gradients are applied at once
+    (summed per user / item, as ``batch_size`` concurrent per-sample SGD steps;
+    ``learning_rate`` means what it means for per-sample SGD). A negative that
+    turns out to be a positive is redrawn (up to 8 times, then the pair is
+    skipped). Confidence weights are ignored: every non-zero is a positive.
+    Seeded by ``random_state``, deterministic for a given seed. Per-epoch loss
+    is logged at DEBUG level.
+
+    Users unseen at fit time are folded in by the same SGD on their own
+    factors with the item factors and biases frozen (``iterations`` epochs
+    over their history, from the same seed), which, users being independent
+    then, is exactly per-sample SGD. It takes ``iterations`` × (longest
+    history) small steps: 4 s for 50 MovieLens users with up to 636 ratings
+    at 30 epochs on two busy cores, and their folded-in top-10 shared 80%
+    with the top-10 from their fit-time factors.
+
+    Parameters
+    ----------
+    factors : int
+        Latent dimensions (the item bias comes on top).
+    learning_rate : float
+        SGD step size.
+    regularization : float
+        L2 weight λ on the factors and biases touched by each step.
+    iterations : int
+        Epochs (passes over all positives).
+    batch_size : int
+        Pairs per vectorised SGD step; smaller is closer to sequential SGD and slower.
+    random_state : int or None
+        Seed of the initialisation and the sampling.
+    """
+
+    _array_names = ("user_factors_", "item_factors_", "item_bias_")
+    _max_redraws = 8
+
+    def __init__(self, factors: int = 64, learning_rate: float = 0.05,
+                 regularization: float = 0.01, iterations: int = 30, batch_size: int = 1000,
+                 random_state: int | None = 0) -> None:
+        for name, value, low in (("factors", factors, 1), ("iterations", iterations, 0),
+                                 ("batch_size", batch_size, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not np.isfinite(learning_rate) or learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+        if not np.isfinite(regularization) or regularization < 0:
+            raise ValueError(f"regularization must be >= 0, got {regularization!r}")
+        self.factors = int(factors)
+        self.learning_rate = float(learning_rate)
+        self.regularization = float(regularization)
+        self.iterations = int(iterations)
+        self.batch_size = int(batch_size)
+        self.random_state = random_state
+
+    def _init_factors(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return (rng.standard_normal((n, self.factors), dtype=np.float32)
+                * np.float32(0.1 / np.sqrt(self.factors)))
+
+    @staticmethod
+    def _positives(user_items: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Users and items of the positive pairs, and their sorted ``u * n_items + i`` keys."""
+        ui = user_items.tocsr().copy()
+        ui.data = (ui.data > 0).astype(np.float32)
+        ui.eliminate_zeros()
+        ui.sort_indices()
+        users = np.repeat(np.arange(ui.shape[0], dtype=np.int64), np.diff(ui.indptr))
+        items = ui.indices.astype(np.int64)
+        return users, items, users * ui.shape[1] + items  # CSR order: keys already sorted
+
+    def _negatives(self, rng: np.random.Generator, users: np.ndarray, keys: np.ndarray,
+                   n_items: int) -> tuple[np.ndarray, np.ndarray]:
+        """One uniform non-positive item per user (and a mask of pairs that found one)."""
+        neg = rng.integers(0, n_items, size=len(users))
+        bad = np.ones(len(users), dtype=bool)
+        for _ in range(self._max_redraws + 1):
+            idx = np.flatnonzero(bad)
+            if not len(idx):
+                break
+            if len(idx) < len(users):
+                neg[idx] = rng.integers(0, n_items, size=len(idx))
+            key = users[idx] * n_items + neg[idx]
+            pos = np.minimum(np.searchsorted(keys, key), len(keys) - 1)
+            bad[idx] = keys[pos] == key
+        return neg, ~bad
+
+    def _step(self, user_factors: np.ndarray, users: np.ndarray, pos: np.ndarray,
+              neg: np.ndarray, update_items: bool = True) -> np.ndarray:
+        """One vectorised SGD step on the pairs (in place); returns their ``x_ui − x_uj``.
+
+        With ``update_items=False`` (fold-in) the ``users`` must be distinct.
+        """
+        lr = np.float32(self.learning_rate)
+        decay = np.float32(self.learning_rate * self.regularization)
+        items = np.concatenate((pos, neg))
+        pu, q, bias = user_factors[users], self.item_factors_[items], self.item_bias_[items]
+        diff = q[:len(pos)] - q[len(pos):]
+        x = np.einsum("ij,ij->i", pu, diff) + (bias[:len(pos)] - bias[len(pos):])
+        # lr · σ(−x), the step along the gradient of ln σ(x)
+        step = lr / (1.0 + np.exp(np.clip(x, -30.0, 30.0), dtype=np.float32))
+        if update_items:
+            along = step[:, None] * pu
+            _scatter_add(self.item_factors_, items,
+                         np.concatenate((along, -along)) - decay * q)
+            _scatter_add(self.item_bias_, items, np.concatenate((step, -step)) - decay * bias)
+            _scatter_add(user_factors, users, step[:, None] * diff - decay * pu)
+        else:
+            user_factors[users] += step[:, None] * diff - decay * pu
+        return x
+
+    def _fit(self, user_items: sp.csr_matrix) -> None:
+        rng = np.random.default_rng(self.random_state)
+        n_users, n_items = user_items.shape
+        self.user_factors_ = self._init_factors(rng, n_users)
+        self.item_factors_ = self._init_factors(rng, n_items)
+        self.item_bias_ = np.zeros(n_items, dtype=np.float32)
+        users, items, keys = self._positives(user_items)
+        for epoch in range(self.iterations):
+            order = rng.permutation(len(users))
+            loss, skipped = 0.0, 0
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start:start + self.batch_size]
+                u, i = users[batch], items[batch]
+                j, ok = self._negatives(rng, u, keys, n_items)
+                if not ok.all():
+                    u, i, j, skipped = u[ok], i[ok], j[ok], skipped + int((~ok).sum())
+                x = self._step(self.user_factors_, u, i, j)
+                loss += float(np.logaddexp(0.0, -x).sum())
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("bpr-uniform epoch %d/%d: mean -ln σ(x_uij) %.4f, %d pairs skipped",
+                          epoch + 1, self.iterations, loss / max(len(users) - skipped, 1),
+                          skipped)
+
+    def _fold_in(self, rows: sp.csr_matrix) -> np.ndarray:
+        """Factors for users unseen at fit time: per-sample SGD with the items frozen."""
+        rng = np.random.default_rng(self.random_state)
+        n_users, n_items = rows.shape
+        users, items, keys = self._positives(rows)
+        vectors = self._init_factors(rng, n_users)
+        counts = np.bincount(users, minlength=n_users)
+        # a pair's rank among its user's pairs, in CSR (user-sorted) order
+        rank = np.arange(len(users)) - np.repeat(np.cumsum(counts) - counts, counts)
+        bounds = np.cumsum(np.bincount(rank)) if len(rank) else np.zeros(0, dtype=np.int64)
+        for _ in range(self.iterations):
+            # shuffle each user's pairs, then step round by round: round r takes every
+            # user's r-th pair, so each user moves once per step and, items being frozen,
+            # the vectorised steps are exactly sequential SGD for each user
+            shuffled = np.lexsort((rng.random(len(users)), users))
+            by_round = shuffled[np.argsort(rank, kind="stable")]
+            start = 0
+            for stop in bounds:
+                sel = by_round[start:stop]
+                start = stop
+                u, i = users[sel], items[sel]
+                j, ok = self._negatives(rng, u, keys, n_items)
+                self._step(vectors, u[ok], i[ok], j[ok], update_items=False)
+        return vectors
+
+    def _scores(self, known: np.ndarray, rows: sp.csr_matrix) -> np.ndarray:
+        vectors = np.empty((len(known), self.factors), dtype=np.float32)
+        old = known >= 0
+        vectors[old] = self.user_factors_[known[old]]
+        if (~old).any():
+            vectors[~old] = self._fold_in(rows[np.flatnonzero(~old)])
+        return vectors @ self.item_factors_.T + self.item_bias_
+
+
+def _scatter_add(target: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+    """``target[index] += values`` with repeated indices summed (a faster ``np.add.at``).
+
+    The sum is a sparse one-hot product; with few distinct rows in a large
+    target, only the rows touched are formed.
+    """
+    if not len(index):
+        return
+    rows: np.ndarray | slice = slice(None)
+    n_rows = len(target)
+    if n_rows > 4 * len(index):
+        rows, index = np.unique(index, return_inverse=True)
+        n_rows = len(rows)
+    onehot = sp.csr_matrix(
+        (np.ones(len(index), dtype=values.dtype), index, np.arange(len(index) + 1)),
+        shape=(len(index), n_rows),
+    )
+    summed = onehot.T @ values.reshape(len(index), -1)
+    target[rows] += summed.reshape((n_rows,) + target.shape[1:])

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from scipy.stats import spearmanr
 
 from recsys import Interactions, Recommender, create_model
 from recsys.cf import top_k
@@ -14,6 +15,7 @@ FACTOR_PARAMS = {
     # the data has rank two, so two factors (plus implicit's bias column for BPR) suffice
     "als": {"factors": 2, "iterations": 20, "regularization": 0.01, "alpha": 10.0},
     "bpr": {"factors": 3, "iterations": 300, "learning_rate": 0.05},
+    "bpr-uniform": {"factors": 4, "iterations": 60, "batch_size": 64},
     "lmf": {"factors": 2, "iterations": 60},
     "itemknn": {"similarity": "cosine"},
 }
@@ -34,7 +36,7 @@ def blocks():
     return Interactions.from_frame(pd.DataFrame(rows, columns=["user_id", "item_id"]))
 
 
-@pytest.mark.parametrize("name", ["als", "bpr", "lmf", "itemknn"])
+@pytest.mark.parametrize("name", ["als", "bpr", "bpr-uniform", "lmf", "itemknn"])
 def test_recommendations_stay_in_the_users_block(blocks, name):
     model = create_model(name, **FACTOR_PARAMS[name]).fit(blocks)
     users = ["u0", "u7", "v3", "v19"]
@@ -65,7 +67,7 @@ def test_itemknn_cosine_scores_match_a_direct_computation(blocks):
     np.testing.assert_allclose(model.score(list(blocks.user_ids[:3])), expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["popularity", "als", "bpr", "lmf", "itemknn"])
+@pytest.mark.parametrize("name", ["popularity", "als", "bpr", "bpr-uniform", "lmf", "itemknn"])
 def test_save_load_round_trip(blocks, name, tmp_path):
     model = create_model(name, **FACTOR_PARAMS.get(name, {})).fit(blocks)
     users = list(blocks.user_ids[::5])
@@ -74,6 +76,7 @@ def test_save_load_round_trip(blocks, name, tmp_path):
     after = loaded.recommend(users, k=5)
     np.testing.assert_array_equal(before[0], after[0])
     np.testing.assert_array_equal(before[1], after[1])
+    np.testing.assert_array_equal(model.score(users), loaded.score(users))
     assert loaded.get_params() == model.get_params()
     np.testing.assert_array_equal(np.load(tmp_path / name / "arrays.npz")["item_ids"],
                                   model.item_ids_)  # loads without allow_pickle
@@ -93,7 +96,7 @@ def test_unknown_user_raises_and_history_folds_in(blocks):
         model.recommend(["new"], k=3)
     newcomer = Interactions.from_frame(pd.DataFrame(
         {"user_id": ["new"] * 3, "item_id": ["b0", "b1", "b2"]}))
-    for name in ("als", "bpr", "itemknn", "popularity"):
+    for name in ("als", "bpr", "bpr-uniform", "itemknn", "popularity"):
         m = create_model(name, **FACTOR_PARAMS.get(name, {})).fit(blocks)
         items, _ = m.recommend(["new"], k=3, history=newcomer)
         assert not {"b0", "b1", "b2"} & set(items[0])
@@ -132,9 +135,75 @@ def test_fit_does_not_warn_about_blas_threads():
         "import pandas as pd; from recsys import Interactions, create_model\n"
         "d = Interactions.from_frame(pd.DataFrame({'user_id': list('aabbc'),"
         " 'item_id': list('xyxzz')}))\n"
-        "for n in ('als', 'bpr', 'lmf', 'itemknn'): create_model(n, iterations=2).fit(d)"
+        "for n in ('als', 'bpr', 'bpr-uniform', 'lmf', 'itemknn'):"
+        " create_model(n, iterations=2).fit(d)"
         " if n != 'itemknn' else create_model(n).fit(d)\n"
     )
     result = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# -- bpr-uniform: BPR with uniformly sampled negatives ------------------------
+
+
+def test_uniform_bpr_item_bias_learns_popularity():
+    # the planted answer: item k is bought with probability (12 - k) / 13, so with
+    # uniform negatives the item bias must order items by how many users bought them
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u}", f"i{k:02d}") for u in range(40) for k in range(12)
+            if rng.random() < (12 - k) / 13]
+    data = Interactions.from_frame(pd.DataFrame(rows, columns=["user_id", "item_id"]))
+    model = create_model("bpr-uniform", factors=4, iterations=50, batch_size=64).fit(data)
+    buyers = np.bincount(data.matrix.tocoo().col, minlength=data.n_items)
+    assert spearmanr(model.item_bias_, buyers).statistic > 0.95
+
+
+def test_uniform_bpr_never_samples_a_positive_as_negative(blocks):
+    model = create_model("bpr-uniform")
+    users, items, keys = model._positives(blocks.matrix.tocsr())
+    rng = np.random.default_rng(0)
+    neg, ok = model._negatives(rng, np.repeat(users, 20), keys, blocks.n_items)
+    assert ok.all()
+    seen = blocks.matrix.toarray() > 0
+    assert not seen[np.repeat(users, 20), neg].any()
+    # negatives are spread over every item the users have not seen (uniform)
+    assert set(neg) == set(range(blocks.n_items))
+
+
+def test_uniform_bpr_is_seeded_and_deterministic(blocks):
+    params = FACTOR_PARAMS["bpr-uniform"]
+    first = create_model("bpr-uniform", random_state=3, **params).fit(blocks)
+    again = create_model("bpr-uniform", random_state=3, **params).fit(blocks)
+    other = create_model("bpr-uniform", random_state=4, **params).fit(blocks)
+    for name in ("user_factors_", "item_factors_", "item_bias_"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
+    assert not np.array_equal(first.item_factors_, other.item_factors_)
+    newcomer = Interactions.from_frame(pd.DataFrame(
+        {"user_id": ["new"] * 3, "item_id": ["a0", "a1", "a2"]}))
+    np.testing.assert_array_equal(first.score(["new"], history=newcomer),
+                                  again.score(["new"], history=newcomer))
+
+
+def test_uniform_bpr_candidates_and_keep_seen(blocks):
+    model = create_model("bpr-uniform", **FACTOR_PARAMS["bpr-uniform"]).fit(blocks)
+    seen = sorted(blocks.user_history("u0")["item_id"])
+    items, _ = model.recommend(["u0"], k=3, candidates=["b1", seen[0], "b2"],
+                               filter_seen=False)
+    assert set(items[0]) == {"b1", seen[0], "b2"} and items[0][0] == seen[0]
+    items, scores = model.recommend(["u0"], k=3, candidates=["b1", seen[0]])
+    assert items[0].tolist() == ["b1", "", ""] and scores[0, 1] == -np.inf
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"factors": 0}, "factors must be an integer >= 1"),
+    ({"factors": 2.5}, "factors must be an integer"),
+    ({"iterations": -1}, "iterations must be an integer >= 0"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+    ({"learning_rate": 0.0}, "learning_rate must be > 0"),
+    ({"learning_rate": float("nan")}, "learning_rate must be > 0"),
+    ({"regularization": -0.1}, "regularization must be >= 0"),
+])
+def test_uniform_bpr_rejects_bad_parameters(params, message):
+    with pytest.raises(ValueError, match=message):
+        create_model("bpr-uniform", **params)
