@@ -48,6 +48,10 @@ class StyleSlates:
         is shared by the colour variants of one garment.
     group_columns : pair of str
         The item id and group columns of ``groups``.
+    group_prefix : int, optional
+        Instead of a file: items whose ids share their first ``group_prefix``
+        characters form a group (H&M: the first 7 digits of an article id are
+        its product code, the last 3 the colour variant).
     **options
         Other ``StyleRecommender`` arguments: ``cf_model``, ``cf_params``,
         ``encoder``, ``encoder_params``, ``cache_dir``, ``taste_params``,
@@ -62,11 +66,14 @@ class StyleSlates:
 
     def __init__(self, images: str | Path, blend: float = 0.5, groups: str | Path | None = None,
                  group_columns: Sequence[str] = ("article_id", "product_code"),
-                 **options: Any) -> None:
+                 group_prefix: int | None = None, **options: Any) -> None:
+        if groups is not None and group_prefix is not None:
+            raise ValueError("give groups (a CSV) or group_prefix, not both")
         self.images = images
         self.blend = blend
         self.groups = groups
         self.group_columns = group_columns
+        self.group_prefix = group_prefix
         self.options = options
 
     def fit(self, interactions: Interactions) -> StyleSlates:
@@ -74,11 +81,13 @@ class StyleSlates:
         from recsys.recommender import StyleRecommender
 
         self.model_ = StyleRecommender(blend=self.blend, **self.options)
-        self.model_.fit(interactions, Catalog.from_directory(self.images),
-                        item_groups=self._item_groups())
+        catalog = Catalog.from_directory(self.images)
+        self.model_.fit(interactions, catalog, item_groups=self._item_groups(catalog.item_ids))
         return self
 
-    def _item_groups(self) -> dict[str, str] | None:
+    def _item_groups(self, item_ids: Sequence[str]) -> dict[str, str] | None:
+        if self.group_prefix is not None:
+            return {item: item[:self.group_prefix] for item in item_ids}
         if self.groups is None:
             return None
         import pandas as pd

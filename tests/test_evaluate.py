@@ -352,3 +352,8 @@ def test_visual_recommenders_plug_in_through_the_adapter(tmp_path):
     with pytest.raises(ValueError, match="groups.csv: needs columns 'sku'"):
         build_model("blend", {**params, "groups": groups,
                               "group_columns": ["sku", "product_code"]}).fit(train)
+    by_prefix = build_model("blend", {**params, "group_prefix": 4})
+    assert by_prefix._item_groups(["0108775015", "0108775044", "0111586001"]) == {
+        "0108775015": "0108", "0108775044": "0108", "0111586001": "0111"}
+    with pytest.raises(ValueError, match="not both"):
+        build_model("blend", {**params, "groups": groups, "group_prefix": 7})
