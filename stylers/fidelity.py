@@ -145,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--styles", nargs="+", default=list(DEFAULT_STYLES))
     parser.add_argument("--stylers", nargs="+", default=["arbitrary", "fast", "wct", "color"])
     parser.add_argument("--strength", type=float, default=1.0)
+    parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
 
     hm = args.shared / "data" / "hm" / "images"
@@ -153,19 +154,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_image(args.shared / "data" / "styles" / f"{s}.jpg", 512)[None] for s in args.styles
     ]
     extractor = EfficientNetLite0Features()
-    report = {"items": args.items, "styles": args.styles, "strength": args.strength, "stylers": {}}
+    report: dict = {"items": args.items, "styles": args.styles, "strength": args.strength,
+                    "protection": None, "stylers": {}}
+    offs, ons = [], []
     for name, styler in shared_stylers(args.shared / "weights", args.stylers).items():
-        result = protection_study(styler, contents, styles, args.strength, extractor=extractor)
+        protection = ProtectedStyler(styler, strength=args.strength)
+        report["protection"] = {k: v for k, v in protection.params.items() if k != "styler"}
+        result = protection_study(styler, contents, styles, args.strength, protection,
+                                  extractor=extractor)
+        offs.append(result["off"].flatten())
+        ons.append(result["on"].flatten())
         report["stylers"][name] = {
             "off_mean": round(result["off"].mean().item(), 4),
             "on_mean": round(result["on"].mean().item(), 4),
+            "off_min": round(result["off"].min().item(), 4),
+            "on_min": round(result["on"].min().item(), 4),
             "on_better": int((result["on"] > result["off"]).sum()),
             "pairs": result["on"].numel(),
             "off": _rounded(result["off"]),
             "on": _rounded(result["on"]),
         }
         log.info("%s: %s", name, report["stylers"][name])
-    print(json.dumps(report, indent=2))
+    if offs:
+        off, on = torch.cat(offs), torch.cat(ons)
+        report["all"] = {"off_mean": round(off.mean().item(), 4),
+                         "on_mean": round(on.mean().item(), 4),
+                         "on_better": int((on > off).sum()), "pairs": on.numel()}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        from recsys.files import write_bytes_atomic
+
+        write_bytes_atomic(args.json, (text + "\n").encode())
     return 0
 
 

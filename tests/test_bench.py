@@ -219,6 +219,18 @@ def test_quick_presets_yield_to_explicit_options(tmp_path):
     assert full.scales == (1, 4, 16) and full.model_params["factors"] == 64
 
 
+def test_latency_calls_and_repeats_shrink_at_larger_scales(tmp_path):
+    config = bench_stages.BenchConfig(transactions=tmp_path / "t.csv", images=None, styles=None,
+                                      weights=tmp_path, out=tmp_path, stages=("cf",),
+                                      latency_calls=300, repeats=5)
+    ctx = bench_stages.BenchContext(config, data=None)
+    assert [ctx.latency_calls(f) for f in (1, 4, 16)] == [300, 75, 50]
+    assert [ctx.repeats(f) for f in (1, 4, 16)] == [5, 3, 3]
+    small = bench_stages.BenchContext(
+        bench_stages.BenchConfig(**{**vars(config), "latency_calls": 20}), data=None)
+    assert small.latency_calls(16) == 20  # never more calls than asked for at scale 1
+
+
 def test_table_flags_missed_targets():
     ours = Samples(wall=[2.0, 2.0], cpu=[1.0, 1.0])
     bare = Samples(wall=[1.0, 1.0], cpu=[1.0, 1.0])
@@ -265,11 +277,15 @@ def test_encode_and_render_stages_split_decode_forward_and_cache_hits(demo_dir, 
     record = json.loads((out / "bench.json").read_text())
     names = [(m["stage"], m["name"]) for m in record["measurements"]]
     assert names == [("encode", "decode+preprocess"), ("encode", "forward"),
-                     ("encode", "encode"), ("render", "color stylize"),
+                     ("encode", "encode"), ("encode", "encode vs own forward"),
+                     ("render", "color stylize"),
                      ("render", "color render (cold cache)"), ("render", "color cache hit")]
     encode = record["measurements"][2]
     assert encode["target"]["limit"] == 1.15 and encode["per_call"] == 4
     assert encode["ours"]["samples"]["wall"] and encode["bare"]["samples"]["wall"]
+    own = record["measurements"][3]
+    assert own["target"]["limit"] == pytest.approx(1 / 0.85, abs=1e-3)
+    assert own["bare_label"].startswith("our forward")
     hit = record["measurements"][-1]
     assert hit["kind"] == "latency" and hit["target"]["limit"] == 5.0
     assert (out / "render-cache" / "color" / "warm").is_dir()
