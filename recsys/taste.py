@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -478,15 +478,24 @@ class EmbeddingPCA:
 
     def fit(self, vectors: np.ndarray) -> EmbeddingPCA:
         """Learn the components from ``vectors`` ``[n, dim]``; returns ``self``."""
-        x = np.asarray(vectors, dtype=np.float64)
-        if x.ndim != 2 or not np.isfinite(x).all():
+        x = np.asarray(vectors)
+        if x.ndim != 2 or not all(np.isfinite(c).all() for c in _row_chunks(x)):
             raise ValueError(f"vectors must be a finite [n, dim] array, got shape {x.shape}")
         k = int(self.n_components)
         if not 1 <= k <= min(x.shape):
             raise ValueError(f"n_components must be in [1, {min(x.shape)}] for {x.shape[0]} "
                              f"vectors of dimension {x.shape[1]}, got {k}")
-        mean = x.mean(axis=0)
-        _, singular, vt = np.linalg.svd(x - mean, full_matrices=False)
+        # eigenvectors of the dim x dim covariance, accumulated over row chunks in
+        # float64: memory O(dim^2), not the O(n * dim) copies of an SVD of the data
+        mean = sum(c.sum(axis=0, dtype=np.float64) for c in _row_chunks(x)) / len(x)
+        cov = np.zeros((x.shape[1], x.shape[1]))
+        for chunk in _row_chunks(x):
+            centred = chunk.astype(np.float64) - mean
+            cov += centred.T @ centred
+        eigenvalues, eigenvectors = np.linalg.eigh(cov)
+        order = np.argsort(eigenvalues)[::-1]
+        singular = np.sqrt(np.clip(eigenvalues[order], 0, None))
+        vt = eigenvectors[:, order].T
         # a deterministic sign per component: its largest coordinate is positive
         signs = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)])
         self.mean_ = mean.astype(np.float32)
@@ -504,8 +513,14 @@ class EmbeddingPCA:
         if x.ndim != 2 or x.shape[1] != self.components_.shape[1]:
             raise ValueError(f"vectors must be [n, {self.components_.shape[1]}], "
                              f"got shape {x.shape}")
-        z = ((x - self.mean_) @ self.components_.T) / self.scale_
-        return _normalise_rows(z)
+        # centred row chunks: no [n, dim] copy (projecting first and subtracting the
+        # projected mean would cancel badly in float32 on weak whitened components)
+        z = np.empty((len(x), len(self.components_)), dtype=np.float32)
+        start = 0
+        for chunk in _row_chunks(x):
+            z[start:start + len(chunk)] = (chunk - self.mean_) @ self.components_.T
+            start += len(chunk)
+        return _normalise_rows(z / self.scale_)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The fitted state, for an ``npz`` file."""
@@ -555,3 +570,7 @@ def _max_duplicates(coo: sp.coo_matrix) -> sp.csr_matrix:
     first = np.r_[True, (row[1:] != row[:-1]) | (col[1:] != col[:-1])][: len(row)]
     return sp.csr_matrix((data[first], (row[first], col[first])), shape=coo.shape)
 
+
+def _row_chunks(x: np.ndarray, rows: int = 2048) -> Iterator[np.ndarray]:
+    for start in range(0, len(x), rows):
+        yield x[start:start + rows]

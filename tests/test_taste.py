@@ -179,6 +179,17 @@ def test_bad_inputs_name_the_problem(space):
         TasteModel(half_life_days=5).fit(Interactions.from_frame(frame), ids, vectors)
 
 
+def test_pca_matches_an_svd_of_the_centred_data_across_row_chunks():
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((5_000, 12)) * np.linspace(4, 0.5, 12)).astype(np.float32)
+    pca = EmbeddingPCA(n_components=5, whiten=True).fit(x)  # 3 chunks of rows
+    centred = x.astype(np.float64) - x.astype(np.float64).mean(axis=0)
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    np.testing.assert_allclose(np.abs(pca.components_ @ vt[:5].T), np.eye(5), atol=1e-4)
+    np.testing.assert_allclose(pca.scale_, singular[:5] / np.sqrt(len(x) - 1), rtol=1e-5)
+    assert (pca.components_[np.arange(5), np.abs(pca.components_).argmax(axis=1)] > 0).all()
+
+
 def test_pca_projects_onto_top_components_and_whitens():
     rng = np.random.default_rng(0)
     basis = np.linalg.qr(rng.standard_normal((6, 6)))[0]
