@@ -117,16 +117,18 @@ def load_embeddings(store: Path, encoder: str, item_ids: np.ndarray,
                     catalog: Catalog) -> tuple[np.ndarray, str]:
     """Cached embeddings of every article for the encoder named ``encoder``.
 
-    ``encoder`` is a registered name (``efficientnet-lite0``…); its store folder
-    is found by the ``encoder_id`` recorded there, so the model need not load.
+    ``encoder`` is a registered name (``efficientnet-lite0``…); the store folder
+    is the one its ``encoder_id`` keys (the model loads once, to tell its id).
     """
-    matches = []
-    for meta in sorted(store.glob("*/encoder.json")):
-        encoder_id = json.loads(meta.read_text())["encoder_id"]
-        if encoder_id.split("(")[0] == encoder:
-            matches.append(encoder_id)
-    if len(matches) != 1:
-        raise ValueError(f"{store}: expected one folder for encoder {encoder!r}, found {matches}")
+    from recsys.encoders import create_encoder
+
+    encoder_id = create_encoder(encoder, device="cpu").encoder_id
+    recorded = [json.loads(meta.read_text())["encoder_id"]
+                for meta in sorted(store.glob("*/encoder.json"))]
+    if encoder_id not in recorded:
+        raise ValueError(f"{store}: no folder for {encoder_id}; run scripts/embed_catalog.py "
+                         f"--encoder {encoder} first (found {recorded})")
+    matches = [encoder_id]
     found = EmbeddingStore(store, matches[0]).get_or_compute(
         item_ids, [catalog.path(i) for i in item_ids], progress=False)
     if not found.ok.all():
