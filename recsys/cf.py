@@ -33,7 +33,7 @@ from implicit.utils import ParameterWarning
 from threadpoolctl import threadpool_limits
 
 from recsys.files import atomic_directory
-from recsys.interactions import Interactions, _lookup
+from recsys.interactions import Interactions, _IdPositions, _lookup
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def create_model(name: str, **params: Any) -> Recommender:
     return cls(**params)
 
 
-class Recommender(ABC):
+class Recommender(_IdPositions, ABC):
     """Base class: id mapping, validation, batch recommendation, save/load.
 
     Subclasses implement ``_fit(user_items)`` and ``_scores(rows, user_items)``
@@ -139,18 +139,6 @@ class Recommender(ABC):
             shape=(len(user_ids), len(self.item_ids_)),
             dtype=np.float32,
         )
-
-    @property
-    def _user_pos(self) -> dict[str, int]:
-        if getattr(self, "_user_pos_cache", None) is None:
-            self._user_pos_cache = {u: i for i, u in enumerate(self.user_ids_)}
-        return self._user_pos_cache
-
-    @property
-    def _item_pos(self) -> dict[str, int]:
-        if getattr(self, "_item_pos_cache", None) is None:
-            self._item_pos_cache = {t: i for i, t in enumerate(self.item_ids_)}
-        return self._item_pos_cache
 
     def score(self, user_ids: Sequence[str], history: Interactions | None = None) -> np.ndarray:
         """Raw scores of every item for each user: float32 ``[n_users, n_items]``.

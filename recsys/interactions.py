@@ -377,3 +377,27 @@ def _lookup(
         unknown = [ids[i] for i in np.flatnonzero(out < 0)[:5]]
         raise KeyError(f"unknown {kind} id(s) {unknown} ({int((out < 0).sum())} in all)")
     return out
+
+
+class _IdPositions:
+    """Lazy id -> row maps over a fitted model's ``user_ids_`` and ``item_ids_``.
+
+    Built on first use (a loaded model gets them too) and rebuilt when the id
+    array is replaced, so a refitted model never answers from stale maps.
+    """
+
+    def _positions(self, attr: str) -> dict[str, int]:
+        ids = getattr(self, attr)
+        cache = self.__dict__.setdefault("_positions_cache", {})
+        cached = cache.get(attr)
+        if cached is None or cached[0] is not ids:
+            cached = cache[attr] = (ids, {v: i for i, v in enumerate(ids)})
+        return cached[1]
+
+    @property
+    def _user_pos(self) -> dict[str, int]:
+        return self._positions("user_ids_")
+
+    @property
+    def _item_pos(self) -> dict[str, int]:
+        return self._positions("item_ids_")

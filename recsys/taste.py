@@ -52,7 +52,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.files import write_bytes_atomic, write_npz_atomic
-from recsys.interactions import Interactions, _lookup
+from recsys.interactions import Interactions, _IdPositions, _lookup
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class TasteProfiles:
         return _normalise_rows(mean)
 
 
-class TasteModel:
+class TasteModel(_IdPositions):
     """Per-user taste profiles from item embeddings.
 
     Parameters
@@ -204,9 +204,7 @@ class TasteModel:
             raise TypeError(f"fit expects Interactions, got {type(interactions).__name__}")
         self.item_ids_ = np.asarray(item_ids, dtype=str)
         self.item_vectors_ = _check_vectors(item_vectors, self.item_ids_)
-        self._item_pos_cache = None
         self.user_ids_ = np.asarray(interactions.user_ids, dtype=str)
-        self._user_pos_cache = None
         weights, order = self._user_item_weights(interactions)
         self.vectors_, self.weights_, self.offsets_ = self._profiles(
             weights, order, self.user_ids_
@@ -232,18 +230,6 @@ class TasteModel:
         """Dimension of the embedding space."""
         self._check_fitted()
         return int(self.item_vectors_.shape[1])
-
-    @property
-    def _user_pos(self) -> dict[str, int]:
-        if getattr(self, "_user_pos_cache", None) is None:
-            self._user_pos_cache = {u: i for i, u in enumerate(self.user_ids_)}
-        return self._user_pos_cache
-
-    @property
-    def _item_pos(self) -> dict[str, int]:
-        if getattr(self, "_item_pos_cache", None) is None:
-            self._item_pos_cache = {t: i for i, t in enumerate(self.item_ids_)}
-        return self._item_pos_cache
 
     def _user_item_weights(self, data: Interactions) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """Decayed confidence per (user, embedded item), and a recency order per pair.

@@ -48,6 +48,18 @@ def test_recommendations_stay_in_the_users_block(blocks, name):
         assert not seen & set(row)
 
 
+def test_refit_on_other_ids_forgets_the_old_ones():
+    first = Interactions.from_frame(pd.DataFrame({"user_id": ["a", "b"], "item_id": ["x", "y"]}))
+    second = Interactions.from_frame(pd.DataFrame({"user_id": ["c", "d", "d"],
+                                                   "item_id": ["y", "z", "w"]}))
+    model = create_model("popularity").fit(first)
+    assert model.recommend(["a"], k=1)[0].tolist() == [["y"]]  # builds the id maps
+    model.fit(second)
+    assert model.recommend(["c"], k=3)[0].tolist() == [["w", "z", ""]]
+    with pytest.raises(KeyError, match="unknown user"):
+        model.recommend(["a"], k=1)
+
+
 def test_popularity_ranks_by_distinct_users():
     log = pd.DataFrame({"user_id": ["a", "a", "a", "b", "c", "c"],
                         "item_id": ["x", "x", "y", "y", "y", "z"]})
