@@ -49,8 +49,8 @@ from evaluation.bench_timing import (
     blas_info,
     load_average,
     machine_info,
-    versions,
 )
+from evaluation.report import library_versions
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``stylerec bench`` (defaults of None are resolved by ``--quick``)."""
     what = parser.add_argument_group("what to run")
     what.add_argument("--stages", type=_csv_names, default=tuple(STAGES),
-                      help=f"comma-separated stages (default: all = {','.join(STAGES)})")
+                      help="comma-separated stages (default: all): " + "; ".join(
+                          f"{name}: {stage.description}" for name, stage in STAGES.items()))
     what.add_argument("--scales", type=_csv_ints,
                       help="replication factors of the log for the scaled stages "
                            "(default 1,4,16; quick 1,2)")
@@ -286,7 +287,7 @@ def run_bench(config: BenchConfig, command: str = "") -> dict[str, Any]:
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "load_average": {"before": load_average()},
-        "versions": versions(DISTRIBUTIONS),
+        "versions": library_versions(DISTRIBUTIONS),
         "parameters": config.as_dict(),
         "stages": [],
         "measurements": [],

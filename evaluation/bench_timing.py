@@ -269,19 +269,6 @@ def _ram_gib() -> float | None:
     return round(pages * size / 2**30, 1)
 
 
-def versions(distributions: Iterable[str]) -> dict[str, str | None]:
-    """Installed version of each distribution (None when absent), without importing it."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {}
-    for name in distributions:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def blas_info() -> list[dict[str, Any]]:
     """The native thread pools loaded so far (BLAS, OpenMP): library, version, threads."""
     from threadpoolctl import threadpool_info

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys.files import write_bytes_atomic
+from recsys.files import file_sha256, write_bytes_atomic
 
 FORMAT_VERSION = 1
 TRACKED_PACKAGES = ("stylerec", "implicit", "numpy", "scipy", "pandas", "torch", "faiss-cpu",
@@ -90,11 +90,7 @@ def file_fingerprint(path: str | Path) -> dict[str, Any]:
     'ba7816bf8f01'
     """
     path = Path(path)
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"path": str(path), "sha256": digest.hexdigest(), "bytes": path.stat().st_size}
+    return {"path": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size}
 
 
 def library_versions(packages: Iterable[str] = TRACKED_PACKAGES) -> dict[str, str | None]:

@@ -32,7 +32,7 @@ from implicit.cpu.lmf import LogisticMatrixFactorization
 from implicit.utils import ParameterWarning
 from threadpoolctl import threadpool_limits
 
-from recsys.files import atomic_directory
+from recsys.files import atomic_directory, read_meta
 from recsys.interactions import Interactions, _IdPositions, _lookup
 
 log = logging.getLogger(__name__)
@@ -235,12 +235,7 @@ class Recommender(_IdPositions, ABC):
     def load(cls, path: str | Path) -> Recommender:
         """Load a model written by :meth:`save` (any registered model class)."""
         path = Path(path)
-        meta_file = path / "model.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"no saved model at {path} (model.json missing)")
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported model format {meta.get('format')}")
+        meta = read_meta(path, "model.json", "model", FORMAT_VERSION)
         model = create_model(meta["model"], **meta["params"])
         if cls is not Recommender and not isinstance(model, cls):
             raise TypeError(f"{path} holds a {meta['model']!r} model, not {cls.__name__}")

@@ -16,7 +16,6 @@ from evaluation.cli import add_evaluate_parser
 from recsys.catalog import Catalog
 from recsys.cf import MODELS, Recommender, create_model
 from recsys.interactions import WEIGHTINGS, load_interactions
-from recsys.recommender import StyleRecommender
 from stylers.cli import add_render_parser, add_styler_arguments, parse_params, renderer_from_args
 
 log = logging.getLogger("stylerec")
@@ -53,6 +52,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         path = model.save(args.out)
         print(f"fitted {model!r} on {data}; saved to {path}")
         return 0
+    from recsys.recommender import StyleRecommender  # torch and faiss: only when needed
+
     pipeline = StyleRecommender(
         args.model, cf_params, encoder=args.encoder, cache_dir=args.cache_dir,
         blend=args.blend,
@@ -92,6 +93,8 @@ def _recommend_slates(args: argparse.Namespace) -> int:
     if args.keep_seen:
         raise ValueError("--keep-seen applies to CF models; a StyleRecommender never "
                          "recommends what a user already has")
+    from recsys.recommender import StyleRecommender
+
     renderer = renderer_from_args(args) if args.render else None
     pipeline = StyleRecommender.load(args.model_dir, renderer=renderer)
     slates = pipeline.recommend(args.user, k=args.k, render=args.render)

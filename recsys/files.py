@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -137,3 +138,22 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_meta(folder: str | os.PathLike[str], name: str, kind: str, version: int) -> dict:
+    """The JSON file ``folder/name`` of a saved ``kind``, checked to be format ``version``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is missing (``folder`` holds no saved ``kind``).
+    ValueError
+        If it was written in another format version.
+    """
+    meta_file = Path(folder) / name
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"no saved {kind} at {folder} ({name} missing)")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != version:
+        raise ValueError(f"{folder}: unsupported {kind} format {meta.get('format')}")
+    return meta

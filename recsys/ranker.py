@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.files import write_bytes_atomic, write_npz_atomic
+from recsys.files import read_meta, write_bytes_atomic, write_npz_atomic
 from recsys.style_index import StyleIndex
 from recsys.taste import TasteProfiles, _check_vectors
 
@@ -489,12 +489,7 @@ class StyleRanker:
     def load(cls, path: str | Path, item_vectors: np.ndarray) -> StyleRanker:
         """Load a ranker written by :meth:`save`, with the item vectors it was fitted on."""
         path = Path(path)
-        meta_file = path / "ranker.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"no saved ranker at {path} (ranker.json missing)")
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported ranker format {meta.get('format')}")
+        meta = read_meta(path, "ranker.json", "ranker", FORMAT_VERSION)
         ranker = cls(**meta["params"])
         ranker.index_ = StyleIndex.load(path / "index")
         ranker.item_ids_ = np.asarray(ranker.index_.ids_.tolist(), dtype=str)

@@ -45,7 +45,7 @@ import scipy.sparse as sp
 
 from recsys.catalog import Catalog
 from recsys.cf import Recommender, create_model
-from recsys.files import atomic_directory, write_bytes_atomic, write_npz_atomic
+from recsys.files import atomic_directory, read_meta, write_bytes_atomic, write_npz_atomic
 from recsys.interactions import Interactions, _lookup
 from recsys.ranker import StyleRanker
 from recsys.style_index import StyleIndex
@@ -489,13 +489,7 @@ class StyleRecommender:
     def load(cls, path: str | Path, renderer: Any = None) -> StyleRecommender:
         """Load a pipeline written by :meth:`save` (no image is re-encoded)."""
         path = Path(path)
-        meta_file = path / "recommender.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"no saved StyleRecommender at {path} "
-                                    "(recommender.json missing)")
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported StyleRecommender format {meta.get('format')}")
+        meta = read_meta(path, "recommender.json", "StyleRecommender", FORMAT_VERSION)
         model = cls(**meta["params"], renderer=renderer)
         model.encoder_id_ = meta["encoder_id"]
         model.style_paths_ = meta["style_paths"]

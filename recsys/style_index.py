@@ -33,7 +33,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .catalog import IMAGE_SUFFIXES
+from .catalog import IMAGE_SUFFIXES, Catalog
 from .encoders import ImageEncoder
 from .files import write_bytes_atomic
 
@@ -173,11 +173,8 @@ class StyleIndex:
         --------
         >>> index = StyleIndex().build("../shared/data/styles", encoder)  # doctest: +SKIP
         """
-        allowed = {s.lower() for s in suffixes}
-        paths = sorted(p for p in Path(folder).iterdir()
-                       if p.is_file() and p.suffix.lower() in allowed)
-        if not paths:
-            raise ValueError(f"no images with suffix {sorted(allowed)} in {folder}")
+        catalog = Catalog.from_directory(folder, pattern="*", suffixes=suffixes)
+        paths = [catalog.path(i) for i in catalog.item_ids]
         ids, vectors = [], []
         for batch in encoder.encode_batches(paths, progress=False):
             for j, err in batch.failures.items():

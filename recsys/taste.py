@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.files import write_bytes_atomic, write_npz_atomic
+from recsys.files import read_meta, write_bytes_atomic, write_npz_atomic
 from recsys.interactions import Interactions, _IdPositions, _lookup
 
 log = logging.getLogger(__name__)
@@ -409,12 +409,7 @@ class TasteModel(_IdPositions):
     def load(cls, path: str | Path) -> TasteModel:
         """Load a model written by :meth:`save`."""
         path = Path(path)
-        meta_file = path / "taste.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"no saved taste model at {path} (taste.json missing)")
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path}: unsupported taste format {meta.get('format')}")
+        meta = read_meta(path, "taste.json", "taste model", FORMAT_VERSION)
         model = cls(**meta["params"])
         with np.load(path / "taste.npz", allow_pickle=False) as z:
             model.user_ids_, model.item_ids_ = z["user_ids"], z["item_ids"]

@@ -117,31 +117,21 @@ def load_embeddings(store: Path, encoder: str, item_ids: np.ndarray,
                     catalog: Catalog) -> tuple[np.ndarray, str]:
     """Cached embeddings of every article for the encoder named ``encoder``.
 
-    ``encoder`` is a registered name (``efficientnet-lite0``…); the store folder
-    is the one its ``encoder_id`` keys (the model loads once, to tell its id).
+    ``encoder`` is a registered name (``efficientnet-lite0``…); the model loads
+    once, to tell its ``encoder_id``, and the store is read with that id alone
+    (nothing is encoded: a miss is a failure).
     """
     from recsys.encoders import create_encoder
 
     encoder_id = create_encoder(encoder, device="cpu").encoder_id
-    recorded = [json.loads(meta.read_text())["encoder_id"]
-                for meta in sorted(store.glob("*/encoder.json"))]
-    if encoder_id not in recorded:
-        raise ValueError(f"{store}: no folder for {encoder_id}; run scripts/embed_catalog.py "
-                         f"--encoder {encoder} first (found {recorded})")
-    matches = [encoder_id]
-    found = EmbeddingStore(store, matches[0]).get_or_compute(
+    found = EmbeddingStore(store, encoder_id).get_or_compute(
         item_ids, [catalog.path(i) for i in item_ids], progress=False)
     if not found.ok.all():
         missing = item_ids[~found.ok]
         raise ValueError(f"{encoder}: {len(missing)} articles not embedded yet, e.g. "
-                         f"{missing[:3].tolist()}; run scripts/embed_catalog.py first")
-    return found.vectors, matches[0]
-
-
-def combine(parts: list[np.ndarray], weights: list[float]) -> np.ndarray:
-    """Concatenate unit-norm embeddings, each scaled by the root of its weight."""
-    out = np.concatenate([np.sqrt(w) * p for p, w in zip(parts, weights, strict=True)], axis=1)
-    return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+                         f"{missing[:3].tolist()}; run scripts/embed_catalog.py "
+                         f"--encoder {encoder} first")
+    return found.vectors, encoder_id
 
 
 def cf_scores(model: Any, split: Split) -> np.ndarray:

@@ -10,6 +10,7 @@ steps, and with ``--json PATH`` the rows, machine and load average;
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -18,6 +19,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from evaluation.bench_timing import load_average, machine_info
 
 from .base import Styler
 from .imageio import load_image, tensor_to_pil
@@ -67,18 +70,11 @@ def _times_ms(fn: Callable[[], object], reps: int, warmup: bool = True) -> list[
     return times
 
 
-def _time_ms(fn: Callable[[], object], reps: int) -> float:
-    # on a shared machine the fastest run is the least disturbed one
-    return min(_times_ms(fn, reps))
-
-
 def _timing(times: Sequence[float]) -> dict[str, Any]:
     """``ms`` (the fastest: on a shared machine the least disturbed), ``ms_median`` and
     every sample."""
-    ordered = sorted(times)
-    mid = len(ordered) // 2
-    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    return {"ms": ordered[0], "ms_median": median, "samples_ms": [round(t, 2) for t in times]}
+    return {"ms": min(times), "ms_median": statistics.median(times),
+            "samples_ms": [round(t, 2) for t in times]}
 
 
 def _stylize_no_grad(styler: Styler, content: torch.Tensor, style: torch.Tensor) -> None:
@@ -230,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also time gatys for this many Adam steps per size (0: skip)")
     parser.add_argument("--json", type=Path, help="also write the rows, machine and load here")
     args = parser.parse_args(argv)
-    load_before = _load_average()
+    load_before = load_average()
 
     content = load_image(args.shared / "data" / "hm" / "images" / args.content[:3]
                          / f"{args.content}.jpg")
@@ -243,13 +239,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.gatys_steps:
         gatys = shared_stylers(args.shared / "weights", ["gatys"])["gatys"].to(args.device)
         rows += benchmark_gatys(gatys, content, style, args.sizes, args.gatys_steps)
-    load_after = _load_average()
+    load_after = load_average()
     print(format_markdown(rows))
     print(f"\nload average {load_before} before, {load_after} after; torch threads "
           f"{torch.get_num_threads()}; ms = fastest of {args.reps} after a warm-up")
     if args.json:
         import json
-        import platform
         import shlex
         import sys
 
@@ -258,26 +253,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         given = sys.argv[1:] if argv is None else list(argv)
         record = {"command": shlex.join(["python", "-m", "stylers.bench", *given]),
                   "args": {k: str(v) for k, v in vars(args).items()},
-                  "platform": platform.platform(), "cpu_count": _cpu_count(),
+                  "machine": machine_info(),
                   "torch_threads": torch.get_num_threads(),
                   "load_average": {"before": load_before, "after": load_after}, "rows": rows}
         write_bytes_atomic(args.json, (json.dumps(record, indent=1) + "\n").encode())
     return 0
-
-
-def _load_average() -> list[float] | None:
-    import os
-
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def _cpu_count() -> int | None:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 if __name__ == "__main__":

@@ -21,13 +21,14 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recsys.catalog import Catalog
+
 from .registry import available_stylers, create_styler
 
 if TYPE_CHECKING:
     from .renderer import Renderer
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def add_render_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -114,8 +115,8 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
-def resolve_image(spec: str, root: Path | None) -> tuple[str, Path]:
-    """``PATH``, ``ID=PATH`` or a bare ``ID`` (found under ``root``) to ``(id, path)``.
+def resolve_image(spec: str, root: Catalog | None) -> tuple[str, Path]:
+    """``PATH``, ``ID=PATH`` or a bare ``ID`` (looked up in ``root``) to ``(id, path)``.
 
     Raises
     ------
@@ -128,11 +129,10 @@ def resolve_image(spec: str, root: Path | None) -> tuple[str, Path]:
     path = Path(spec)
     if path.is_file():
         return path.stem, path
-    if root is not None:
-        for candidate in sorted(root.glob(f"**/{spec}.*")):
-            if candidate.suffix.lower() in IMAGE_SUFFIXES:
-                return spec, candidate
-    where = f" or as an id under {root}" if root else " (give --item-root/--style-root for ids)"
+    if root is not None and spec in root:
+        return spec, root.path(spec)
+    where = (f" or as an id under {root.root}" if root is not None
+             else " (give --item-root/--style-root for ids)")
     raise FileNotFoundError(f"image {spec!r} not found as a file{where}")
 
 
@@ -140,8 +140,11 @@ def run_render(args: argparse.Namespace) -> int:
     """Handler of ``stylerec render``; returns the process exit code."""
     from .gallery import contact_sheet, rows_from_grid, write_html
 
-    items = dict(resolve_image(s, args.item_root) for s in args.item)
-    styles = dict(resolve_image(s, args.style_root) for s in args.style)
+    # each root is listed once (Catalog: ids are file stems, paths confined to the root)
+    item_root, style_root = (None if root is None else Catalog.from_directory(root)
+                             for root in (args.item_root, args.style_root))
+    items = dict(resolve_image(s, item_root) for s in args.item)
+    styles = dict(resolve_image(s, style_root) for s in args.style)
     renderer = renderer_from_args(args)
     if not styles:
         if renderer.styler.uses_style_image:
