@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ground.files import atomic_write
 from recsys.catalog import Catalog
-from recsys.files import atomic_write
 from recsys.interactions import KNOWN_SCHEMAS, Interactions, load_interactions
 
 SEPARATOR = "#"

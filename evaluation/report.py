@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys.files import file_sha256, write_bytes_atomic
+from ground.files import file_sha256, write_bytes_atomic
 
 FORMAT_VERSION = 1
 TRACKED_PACKAGES = ("stylerec", "implicit", "numpy", "scipy", "pandas", "torch", "faiss-cpu",

@@ -32,7 +32,7 @@ from implicit.cpu.lmf import LogisticMatrixFactorization
 from implicit.utils import ParameterWarning
 from threadpoolctl import threadpool_limits
 
-from recsys.files import atomic_directory, read_meta
+from ground.files import atomic_directory, read_meta
 from recsys.interactions import Interactions, _IdPositions, _lookup
 
 log = logging.getLogger(__name__)

@@ -40,9 +40,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ground.files import atomic_write, write_bytes_atomic
+from ground.images import ImageLoadError, content_hash
+
 from .encoders import ImageEncoder
-from .files import atomic_write, write_bytes_atomic
-from .images import ImageLoadError, content_hash
 
 log = logging.getLogger(__name__)
 

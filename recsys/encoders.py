@@ -45,8 +45,9 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from .files import file_sha256
-from .images import ImageLoadError, ImageSource, decode_batches, fit_square, load_image
+from ground.device import resolve_device
+from ground.files import file_sha256
+from ground.images import ImageLoadError, ImageSource, decode_batches, fit_square, load_image
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +113,6 @@ def available_encoders() -> list[str]:
     """
     return sorted(_REGISTRY)
 
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` means CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _format_value(value: Any) -> str:
@@ -478,7 +473,7 @@ class EfficientNetLite0Encoder(ImageEncoder):
     def _build(self) -> LiteBackbone:
         from efficientnet_lite_pytorch import EfficientNet
 
-        from stylers.checkpoints import load_into, load_state_dict_file
+        from ground.checkpoints import load_into, load_state_dict_file
 
         model = EfficientNet.from_name("efficientnet-lite0", image_size=self.image_size)
         load_into(model, load_state_dict_file(self.weights_path_), self.weights_path_)

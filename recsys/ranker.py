@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.files import read_meta, write_bytes_atomic, write_npz_atomic
+from ground.files import read_meta, write_bytes_atomic, write_npz_atomic
 from recsys.style_index import StyleIndex
 from recsys.taste import TasteProfiles, _check_vectors
 

@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from ground.files import atomic_directory, read_meta, write_bytes_atomic, write_npz_atomic
 from recsys.catalog import Catalog
 from recsys.cf import Recommender, create_model
-from recsys.files import atomic_directory, read_meta, write_bytes_atomic, write_npz_atomic
 from recsys.interactions import Interactions, _lookup
 from recsys.ranker import StyleRanker
 from recsys.style_index import StyleIndex

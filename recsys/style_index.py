@@ -33,9 +33,10 @@ from typing import Any
 import faiss
 import numpy as np
 
+from ground.files import write_bytes_atomic
+
 from .catalog import IMAGE_SUFFIXES, Catalog
 from .encoders import ImageEncoder
-from .files import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

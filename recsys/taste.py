@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.files import read_meta, write_bytes_atomic, write_npz_atomic
+from ground.files import read_meta, write_bytes_atomic, write_npz_atomic
 from recsys.interactions import Interactions, _IdPositions, _lookup
 
 log = logging.getLogger(__name__)

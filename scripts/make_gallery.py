@@ -13,8 +13,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from evaluation.fidelity_study import DEFAULT_ITEMS
 from stylers import ProtectedStyler, Renderer, create_styler
-from stylers.fidelity import DEFAULT_ITEMS
 from stylers.gallery import contact_sheet, rows_from_grid, write_html
 
 # the three styles that also have fast-style networks, so every column shows the same style

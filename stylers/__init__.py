@@ -33,8 +33,8 @@ _LAZY = {
     "ProtectedStyler": "stylers.protection",
     "foreground_mask": "stylers.protection",
     "Renderer": "stylers.renderer",
-    "ImageLoadError": "recsys.images",
-    "CheckpointError": "stylers.checkpoints",
+    "ImageLoadError": "ground.images",
+    "CheckpointError": "ground.checkpoints",
 }
 
 __all__ = [

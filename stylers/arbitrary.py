@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from recsys.files import file_sha256
+from ground.files import file_sha256
 
 from .base import Styler, resize_max_side
 from .registry import register_styler

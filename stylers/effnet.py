@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import CheckpointError, load_into, load_state_dict_file
+from ground.checkpoints import CheckpointError, load_into, load_state_dict_file
 
 TAPS = ("stem", *(f"stage{i}" for i in range(1, 8)), "head")
 

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys.files import file_sha256
+from ground.checkpoints import CheckpointError, load_into, load_state_dict_file
+from ground.files import file_sha256
 
 from .base import Styler, pad_to_multiple
-from .checkpoints import CheckpointError, load_into, load_state_dict_file
 from .registry import register_styler
 
 # Old pytorch/examples checkpoints carry InstanceNorm running stats that the model never uses.

@@ -14,9 +14,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
-from recsys.files import atomic_write
-
-from .imageio import save_image_atomic
+from ground.files import atomic_write
+from ground.tensors import save_image_atomic
 
 
 @dataclass

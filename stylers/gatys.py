@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from recsys.files import file_sha256
+from ground.files import file_sha256
 
 from .base import Styler, resize_max_side
 from .effnet import EfficientNetLite0Features

@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from recsys.files import file_sha256
+from ground.device import resolve_device
+from ground.files import file_sha256
+from ground.tensors import load_image, save_image_atomic, tensor_to_pil
 
 from .base import Styler
-from .imageio import load_image, save_image_atomic, tensor_to_pil
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +36,6 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 _FORMATS = ("png", "jpg")
 _MIN_TILE = 16
 
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU; anything else is passed to ``torch.device``.
-
-    Examples
-    --------
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    """
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class Renderer:
@@ -181,7 +170,7 @@ class Renderer:
         ------
         FileNotFoundError
             If an image file does not exist (the message names it).
-        recsys.images.ImageLoadError
+        ground.images.ImageLoadError
             If an image is corrupt or of an absurd size (the message names it).
         """
         keyed = [(pair, self.cache_key(pair[1], pair[3])) for pair in pairs]

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoints import load_into, load_state_dict_file
+from ground.checkpoints import load_into, load_state_dict_file
 
 LEVELS = (1, 2, 3)
 # (in, out) convolutions; "M" = 2x2 max-pool, "U" = 2x nearest upsample

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from recsys.files import file_sha256
+from ground.files import file_sha256
 
 from .base import Styler, pad_to_multiple, resize_max_side
 from .registry import register_styler

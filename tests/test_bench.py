@@ -25,8 +25,8 @@ from evaluation.bench_timing import (
     side_by_side_latencies,
     summarize,
 )
-from recsys.cli import main
 from recsys.interactions import Interactions
+from stylerec.cli import main
 
 # -- statistics and pairing ---------------------------------------------------
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ground.images import ImageLoadError
 from recsys.encoders import (
     EfficientNetLite0Encoder,
     ImageEncoder,
@@ -19,7 +20,6 @@ from recsys.encoders import (
     create_encoder,
     register_encoder,
 )
-from recsys.images import ImageLoadError
 
 torch.set_num_threads(2)
 

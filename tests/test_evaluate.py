@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from evaluation.cli import add_evaluate_parser
 from evaluation.protocol import Protocol, evaluate, relevance_sets
 from evaluation.runner import build_model, load_config, register_model_builder, run
 from evaluation.splits import temporal_user_split
 from recsys.encoders import ImageEncoder
 from recsys.interactions import Interactions
+from stylerec.evaluate_cli import add_evaluate_parser
 
 ITEMS = ["v", "w", "x", "y", "z"]
 #        user, item, rating, split

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from recsys.images import (
+from ground.images import (
     ImageLoadError,
     content_hash,
     decode_batches,

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from ground.tensors import load_image
+from stylerec.render_cli import add_render_parser, parse_params, resolve_image
 from stylers import ImageLoadError, Renderer, create_styler
 from stylers.base import Styler
-from stylers.cli import add_render_parser, parse_params, resolve_image
 from stylers.gallery import GalleryRow, contact_sheet, write_html
-from stylers.imageio import load_image
 
 
 class Recorder(Styler):
@@ -142,10 +142,10 @@ def test_corrupt_or_missing_images_name_the_file(tmp_path, images):
 def test_huge_images_are_refused(tmp_path, monkeypatch):
     import functools
 
-    import stylers.imageio
+    import ground.tensors
 
-    small_limit = functools.partial(stylers.imageio.load_rgb, max_pixels=1000)
-    monkeypatch.setattr(stylers.imageio, "load_rgb", small_limit)
+    small_limit = functools.partial(ground.tensors.load_rgb, max_pixels=1000)
+    monkeypatch.setattr(ground.tensors, "load_rgb", small_limit)
     path = write_image(tmp_path / "huge.png", size=(40, 30))
     with pytest.raises(ImageLoadError, match="huge.png: 40x30 = 1,200 pixels exceeds"):
         load_image(path)

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import stylers
+from ground.checkpoints import CheckpointError
 from stylers import registry
 from stylers.base import Styler, pad_to_multiple
-from stylers.checkpoints import CheckpointError
 from stylers.color import ColorStyler, match_histograms
 from stylers.colorspace import lab_to_rgb, rgb_to_lab
 from stylers.wct import wct
@@ -321,7 +321,7 @@ def test_arbitrary_strength_interpolates_the_style_vector(arbitrary):
 
 
 def test_benchmark_rows_and_table():
-    from stylers.bench import benchmark_stylers, format_markdown
+    from evaluation.bench_stylers import benchmark_stylers, format_markdown
 
     rows = benchmark_stylers({"color": ColorStyler()}, torch.rand(3, 40, 30), torch.rand(3, 20, 20),
                              sizes=(32, 48), reps=1, reference=False)

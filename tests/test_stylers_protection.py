@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ground.tensors import load_image
 from stylers import ProtectedStyler, create_styler, foreground_mask
 from stylers.base import Styler
 from stylers.colorspace import rgb_to_yuv
 from stylers.fidelity import product_fidelity, protection_study
-from stylers.imageio import load_image
 
 
 def synthetic_product(

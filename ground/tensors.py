@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from recsys.files import atomic_write
-from recsys.images import load_image as load_rgb
+from .files import atomic_write
+from .images import load_image as load_rgb
 
 _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
@@ -39,7 +39,7 @@ def load_image(path: str | os.PathLike[str], max_side: int | None = None) -> tor
     ------
     ImageLoadError
         If the file is missing or unreadable, or the image is smaller than
-        ``recsys.images.MIN_SIDE`` or larger than ``MAX_PIXELS``; the message names the file.
+        ``ground.images.MIN_SIDE`` or larger than ``MAX_PIXELS``; the message names the file.
 
     Examples
     --------

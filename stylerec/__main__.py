@@ -1,0 +1,3 @@
+from stylerec.cli import main
+
+raise SystemExit(main())
