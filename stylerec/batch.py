@@ -33,8 +33,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
-
 from recsys.catalog import Catalog
 from stylerec.render_cli import add_styler_arguments, renderer_from_args
 
