@@ -76,8 +76,10 @@ class JobReport:
     ``listed``: distinct work units (images, item × style renders) asked for;
     ``cached``: of those, already in the store or cache; ``computed``: done by this
     run; ``left``: missing but not attempted (``limit``); ``failures``: id → reason;
-    ``seconds``: wall time of the whole job (listing and computing, not interpreter
-    or cluster start-up); ``compute_seconds``: of the computing alone.
+    ``seconds``: wall time of the whole job (listing, cluster start, computing; not the
+    interpreter's start); ``startup_seconds``: of starting or joining the Ray cluster;
+    ``compute_seconds``: of the computing (on Ray: starting the actors, which load the
+    model, and the work).
     """
 
     engine: str
@@ -87,6 +89,7 @@ class JobReport:
     left: int = 0
     failures: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    startup_seconds: float = 0.0
     compute_seconds: float = 0.0
 
     @property
@@ -182,6 +185,8 @@ def embed_catalog(
         work = EmbedWork(work.item_ids[:limit], work.paths[:limit], work.hashes[:limit])
     log.info("embed %s: %d images listed, %d cached, %d to compute, %d unreadable",
              store.path_.name, len(ids), hits, len(work), len(failures))
+    if len(work) and engine == "ray":
+        report.startup_seconds = _connect(ray)
     compute_start = time.perf_counter()
     if len(work) and engine == "local":
         unreadable = store.write(work.item_ids, work.paths, work.hashes, batch_size, progress)
@@ -313,6 +318,8 @@ def render_batch(
         todo = todo[:limit]
     log.info("render-batch %s: %d renders listed, %d cached, %d to render, %d failed",
              renderer.styler.name, listed, cached, len(todo), len(failures))
+    if todo and engine == "ray":
+        report.startup_seconds = _connect(ray)
     compute_start = time.perf_counter()
     if todo and engine == "local":
         renderer.progress = progress
@@ -368,6 +375,15 @@ def _resolve_ids(asked: Sequence[str] | None, known: dict[str, str], what: str,
     if unknown:
         raise KeyError(f"{what}(s) {unknown[:5]} not in the pipeline at {model_dir}")
     return list(asked)
+
+
+def _connect(options: RayOptions | None) -> float:
+    """Start or join the Ray cluster; returns the seconds it took."""
+    from stylerec.ray_jobs import connect
+
+    start = time.perf_counter()
+    connect(options or RayOptions())
+    return time.perf_counter() - start
 
 
 def _check_engine(engine: str) -> None:

@@ -96,11 +96,16 @@ def render_on_ray(todo: list[Pair], make_renderer: Callable[[], Renderer], shard
                 lambda threads: {"make_renderer": make_renderer, "threads": threads})
 
 
+def connect(options: RayOptions) -> None:
+    """Join the cluster at ``options.address`` (or start a local one) unless connected."""
+    if not ray.is_initialized():
+        ray.init(address=options.address, include_dashboard=False)
+
+
 def _run(rows: list[dict[str, Any]], worker: type, shard_size: int, options: RayOptions,
          progress: bool, desc: str, constructor_kwargs: Callable[[int | None], dict[str, Any]]
          ) -> tuple[int, dict[str, str]]:
-    if not ray.is_initialized():
-        ray.init(address=options.address, include_dashboard=False, log_to_driver=True)
+    connect(options)
     workers, cpus, gpus = actor_resources(options)
     threads = None if gpus else max(1, int(cpus))
     log.info("%s on Ray: %d items, %d actors (%s CPU, %s GPU each), %d per call",
