@@ -181,3 +181,42 @@ def test_render_batch_limit_then_rerun_renders_each_pair_once(tmp_path, images):
     assert (second.cached, second.computed, second.left) == (3, 5, 0)
     assert count(log) == 8
     assert len(list((tmp_path / "renders").rglob("*.png"))) == 8
+
+
+def test_render_batch_command_renders_each_slate_pair_once(demo_dir, tmp_path, capsys):
+    import shutil
+
+    import pandas as pd
+
+    from recsys.recommender import StyleRecommender
+
+    log = pd.read_csv(demo_dir / "transactions.csv", dtype=str)
+    small = log[log["customer_id"].isin(log["customer_id"].drop_duplicates().iloc[:5])]
+    small.to_csv(tmp_path / "t.csv", index=False)
+    (tmp_path / "images").mkdir()
+    for item in small["article_id"].unique():
+        shutil.copy(demo_dir / "images" / item[:3] / f"{item}.jpg", tmp_path / "images")
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    for name in ("wave", "mondrian"):
+        shutil.copy(demo_dir / "styles" / f"{name}.jpg", styles)
+    model = tmp_path / "model"
+    assert main(["fit", "--interactions", str(tmp_path / "t.csv"), "--param", "factors=4",
+                 "--images", str(tmp_path / "images"), "--styles", str(styles),
+                 "--cache-dir", str(tmp_path / "emb"), "--out", str(model)]) == 0
+    capsys.readouterr()
+    render = ["render-batch", "--model-dir", str(model), "--styler", "color", "--max-side",
+              "48", "--cache-dir", str(tmp_path / "renders"), "--json"]
+    assert main([*render, "--users", "all", "-k", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    pipeline = StyleRecommender.load(model)
+    slates = pipeline.recommend(list(small["customer_id"].unique()), k=3)
+    expected = {(e.item_id, s.style.style_id) for s in slates for e in s.entries}
+    assert (report["listed"], report["computed"], report["failures"]) == (len(expected),
+                                                                          len(expected), {})
+    assert len(list((tmp_path / "renders").rglob("*.png"))) == len(expected)
+    assert main([*render, "--items", "all", "--styles", "wave", "mondrian"]) == 0
+    grid = json.loads(capsys.readouterr().out)
+    assert grid["listed"] == 2 * len(pipeline.item_paths_)
+    assert grid["cached"] == len(expected)  # the slates' renders are part of the grid
+    assert main([*render, "--users", "nobody-x", "--items", "all"]) == 2
