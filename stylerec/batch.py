@@ -339,12 +339,18 @@ def render_batch(
 
 
 def pipeline_pairs(model_dir: Path, users: Sequence[str] | None, items: Sequence[str] | None,
-                   styles: Sequence[str] | None, k: int, chunk: int = 1000) -> Iterable[Pair]:
+                   styles: Sequence[str] | None, k: int,
+                   score_budget: int = 100_000_000) -> Iterable[Pair]:
     """The renders a saved pipeline needs: each user's slate in their matched style, or
-    the ``items`` × ``styles`` grid (``["all"]``: every rankable item / every style)."""
+    the ``items`` × ``styles`` grid (``["all"]``: every rankable item / every style).
+
+    Slates are computed for as many users at a time as keep the dense users × items
+    score matrices within ``score_budget`` entries (1000 users for 100k items, 10 for
+    10M), so memory does not grow with the catalog."""
     from recsys.recommender import StyleRecommender
 
     model = StyleRecommender.load(model_dir)
+    chunk = max(1, min(1000, score_budget // max(1, len(model.item_paths_))))
     if model.styles_ is None:
         raise ValueError(f"{model_dir} was fitted without style references (fit --styles)")
     if users is None:
