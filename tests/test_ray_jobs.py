@@ -109,3 +109,16 @@ def test_ray_renders_have_the_local_keys_and_pixels(tmp_path, catalog):
         a = np.asarray(Image.open(tmp_path / "local" / name))
         b = np.asarray(Image.open(tmp_path / "ray" / name))
         assert np.array_equal(a, b), name
+
+
+def test_actor_pool_defaults_follow_the_cluster():
+    from stylerec.ray_jobs import actor_resources
+
+    # the module's cluster: 4 logical CPUs, no GPU; one CPU is left for Ray's own tasks
+    assert actor_resources(RayOptions()) == (3, 1.0, 0.0)
+    assert actor_resources(RayOptions(cpus_per_worker=0.5)) == (6, 0.5, 0.0)
+    assert actor_resources(RayOptions(workers=2, cpus_per_worker=2)) == (2, 2, 0.0)
+    with pytest.raises(ValueError, match="GPU"):
+        actor_resources(RayOptions(gpus_per_worker=1))
+    with pytest.raises(ValueError, match="no Ray actor fits"):
+        actor_resources(RayOptions(cpus_per_worker=8))
