@@ -220,3 +220,17 @@ def test_render_batch_command_renders_each_slate_pair_once(demo_dir, tmp_path, c
     assert grid["listed"] == 2 * len(pipeline.item_paths_)
     assert grid["cached"] == len(expected)  # the slates' renders are part of the grid
     assert main([*render, "--users", "nobody-x", "--items", "all"]) == 2
+
+
+def test_ray_is_imported_only_for_the_ray_engine():
+    import subprocess
+    import sys
+
+    code = ("import sys, stylerec.cli\n"
+            "stylerec.cli.build_parser().parse_args(['embed', '--images', '.',\n"
+            "                                        '--cache-dir', '.'])\n"
+            "print('ray' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    assert out.strip() == "False"
