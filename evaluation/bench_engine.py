@@ -17,8 +17,10 @@ Three figures per run, from the job's ``--json`` report and the clock:
 ``process``
     The whole command, interpreter and library imports included.
 
-The CPU time recorded is that of the reaped child processes (the command; Ray's
-worker processes only as far as they are reaped), so read the wall-clock figures.
+CPU time: for ``compute``, the job's own ``compute_cpu_seconds`` (all threads of the
+local process, or of the Ray actors' calls plus the driver), which a shared machine's
+load does not inflate the way it does wall time; for ``job`` and ``process``, that of
+the reaped child processes (Ray's workers only as far as they are reaped).
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ def stage_engine(ctx: Any, scale: int) -> list[Measurement]:
                 report, wall, cpu = run_embed(command)
                 if report["computed"] + len(report["failures"]) < n:
                     raise RuntimeError(f"{engine} run computed {report['computed']} of {n}")
-                sides[engine]["compute"].add(report["compute_seconds"], cpu)
+                sides[engine]["compute"].add(report["compute_seconds"],
+                                             report["compute_cpu_seconds"])
                 sides[engine]["job"].add(report["seconds"], cpu)
                 sides[engine]["process"].add(wall, cpu)
                 runs.append({"engine": engine, "round": round_, "load_average": load,

@@ -79,7 +79,8 @@ class JobReport:
     ``seconds``: wall time of the whole job (listing, cluster start, computing; not the
     interpreter's start); ``startup_seconds``: of starting or joining the Ray cluster;
     ``compute_seconds``: of the computing (on Ray: starting the actors, which load the
-    model, and the work).
+    model, and the work); ``compute_cpu_seconds``: CPU time of the computing, all
+    threads (locally this process's; on Ray the actors' calls plus the driver's).
     """
 
     engine: str
@@ -91,6 +92,7 @@ class JobReport:
     seconds: float = 0.0
     startup_seconds: float = 0.0
     compute_seconds: float = 0.0
+    compute_cpu_seconds: float = 0.0
 
     @property
     def per_second(self) -> float:
@@ -187,7 +189,8 @@ def embed_catalog(
              store.path_.name, len(ids), hits, len(work), len(failures))
     if len(work) and engine == "ray":
         report.startup_seconds = _connect(ray)
-    compute_start = time.perf_counter()
+    compute_start, cpu_start = time.perf_counter(), time.process_time()
+    worker_cpu = 0.0
     if len(work) and engine == "local":
         unreadable = store.write(work.item_ids, work.paths, work.hashes, batch_size, progress)
         report.computed = len(work) - len(unreadable)
@@ -195,11 +198,12 @@ def embed_catalog(
     elif len(work):
         from stylerec.ray_jobs import embed_on_ray
 
-        computed, ray_failures = embed_on_ray(work, make_encoder, cache_dir, batch_size,
-                                              shard_size, ray or RayOptions(), progress)
-        report.computed = computed
+        report.computed, ray_failures, worker_cpu = embed_on_ray(
+            work, make_encoder, cache_dir, batch_size, shard_size, ray or RayOptions(),
+            progress)
         report.failures.update(ray_failures)
     report.compute_seconds = time.perf_counter() - compute_start
+    report.compute_cpu_seconds = time.process_time() - cpu_start + worker_cpu
     report.seconds = time.perf_counter() - start
     return report
 
@@ -320,7 +324,8 @@ def render_batch(
              renderer.styler.name, listed, cached, len(todo), len(failures))
     if todo and engine == "ray":
         report.startup_seconds = _connect(ray)
-    compute_start = time.perf_counter()
+    compute_start, cpu_start = time.perf_counter(), time.process_time()
+    worker_cpu = 0.0
     if todo and engine == "local":
         renderer.progress = progress
         before = renderer.stats["rendered"]
@@ -329,11 +334,11 @@ def render_batch(
     elif todo:
         from stylerec.ray_jobs import render_on_ray
 
-        computed, ray_failures = render_on_ray(todo, make_renderer, shard_size,
-                                               ray or RayOptions(), progress)
-        report.computed = computed
+        report.computed, ray_failures, worker_cpu = render_on_ray(
+            todo, make_renderer, shard_size, ray or RayOptions(), progress)
         report.failures.update(ray_failures)
     report.compute_seconds = time.perf_counter() - compute_start
+    report.compute_cpu_seconds = time.process_time() - cpu_start + worker_cpu
     report.seconds = time.perf_counter() - start
     return report
 

@@ -6,9 +6,10 @@ the encoder or styler once and writes its results itself, through the same
 :class:`~recsys.embedding_store.EmbeddingStore` (one shard per call) or
 :class:`~stylers.renderer.Renderer` cache as the local engine, so a job killed
 mid-way keeps every finished call. Actors return one small row per work item
-(its id and the error, if any), which the driver counts for the progress bar and
-the report. Workers must be able to import this project (a local cluster inherits
-the driver's environment; on a remote cluster install it on every node).
+(its id, the error if any, and its share of the call's CPU time), which the driver
+counts for the progress bar and the report. Workers must be able to import this
+project (a local cluster inherits the driver's environment; on a remote cluster
+install it on every node).
 
 Ray 2.60 spells the pool size ``compute=ray.data.ActorPoolStrategy(size=n)``
 (``concurrency=`` is deprecated since 2.51).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,10 +49,11 @@ class EmbedWorker:
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cpu_start = time.process_time()
         ids = [str(i) for i in batch["item_id"]]
         failures = self.store.write(ids, list(batch["path"]), list(batch["hash"]),
                                     self.batch_size, progress=False)
-        return _statuses(ids, failures, computed=[i not in failures for i in ids])
+        return _statuses(ids, failures, [i not in failures for i in ids], cpu_start)
 
 
 class RenderWorker:
@@ -62,6 +65,7 @@ class RenderWorker:
         self.renderer.progress = False
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cpu_start = time.process_time()
         pairs: list[Pair] = list(zip(
             batch["item_id"].tolist(), batch["item_path"].tolist(), batch["style_id"].tolist(),
             batch["style_path"].tolist(), strict=True))
@@ -70,15 +74,16 @@ class RenderWorker:
                        for p in pairs]
         failures = render_pairs(self.renderer, pairs)
         ids = [pair_id(p) for p in pairs]
-        return _statuses(ids, failures, computed=[not before and i not in failures
-                                                  for i, before in zip(ids, done_before,
-                                                                       strict=True)])
+        computed = [not before and i not in failures
+                    for i, before in zip(ids, done_before, strict=True)]
+        return _statuses(ids, failures, computed, cpu_start)
 
 
 def embed_on_ray(work: EmbedWork, make_encoder: Callable[[], ImageEncoder],
                  cache_dir: str | Path, batch_size: int | None, shard_size: int,
-                 options: RayOptions, progress: bool) -> tuple[int, dict[str, str]]:
-    """Encode ``work`` on Ray into the store under ``cache_dir``: ``(computed, failures)``."""
+                 options: RayOptions, progress: bool) -> tuple[int, dict[str, str], float]:
+    """Encode ``work`` on Ray into the store under ``cache_dir``: ``(computed, failures,
+    the actors' CPU seconds)``."""
     rows = [{"item_id": i, "path": p, "hash": h}
             for i, p, h in zip(work.item_ids, work.paths, work.hashes, strict=True)]
     return _run(rows, EmbedWorker, shard_size, options, progress, "embed",
@@ -88,8 +93,9 @@ def embed_on_ray(work: EmbedWork, make_encoder: Callable[[], ImageEncoder],
 
 
 def render_on_ray(todo: list[Pair], make_renderer: Callable[[], Renderer], shard_size: int,
-                  options: RayOptions, progress: bool) -> tuple[int, dict[str, str]]:
-    """Render ``todo`` on Ray into the renderer's cache: ``(rendered, failures)``."""
+                  options: RayOptions, progress: bool) -> tuple[int, dict[str, str], float]:
+    """Render ``todo`` on Ray into the renderer's cache: ``(rendered, failures, the actors'
+    CPU seconds)``."""
     rows = [{"item_id": i, "item_path": str(ip), "style_id": s,
              "style_path": None if sp is None else str(sp)} for i, ip, s, sp in todo]
     return _run(rows, RenderWorker, shard_size, options, progress, "render",
@@ -104,7 +110,7 @@ def connect(options: RayOptions) -> None:
 
 def _run(rows: list[dict[str, Any]], worker: type, shard_size: int, options: RayOptions,
          progress: bool, desc: str, constructor_kwargs: Callable[[int | None], dict[str, Any]]
-         ) -> tuple[int, dict[str, str]]:
+         ) -> tuple[int, dict[str, str], float]:
     connect(options)
     workers, cpus, gpus = actor_resources(options)
     threads = None if gpus else max(1, int(cpus))
@@ -116,16 +122,17 @@ def _run(rows: list[dict[str, Any]], worker: type, shard_size: int, options: Ray
         worker, fn_constructor_kwargs=constructor_kwargs(threads), batch_size=shard_size,
         batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=cpus, num_gpus=gpus or None)
-    computed, failures = 0, {}
+    computed, failures, cpu = 0, {}, 0.0
     with tqdm(total=len(rows), desc=f"{desc} (ray, {workers} actors)", unit="item",
               disable=not progress, smoothing=0.1) as bar:
         for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
             computed += int(batch["computed"].sum())
+            cpu += float(batch["cpu_seconds"].sum())
             for item, error in zip(batch["id"].tolist(), batch["error"].tolist(), strict=True):
                 if error:
                     failures[item] = error
             bar.update(len(batch["id"]))
-    return computed, failures
+    return computed, failures, cpu
 
 
 def actor_resources(options: RayOptions) -> tuple[int, float, float]:
@@ -160,8 +167,11 @@ def _limit_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _statuses(ids: list[str], failures: dict[str, str],
-              computed: list[bool]) -> dict[str, np.ndarray]:
+def _statuses(ids: list[str], failures: dict[str, str], computed: list[bool],
+              cpu_start: float) -> dict[str, np.ndarray]:
+    """One row per item: id, error ("" when none), computed here, share of the call's CPU."""
+    cpu = (time.process_time() - cpu_start) / max(1, len(ids))
     return {"id": np.array(ids, dtype=object),
             "error": np.array([failures.get(i, "") for i in ids], dtype=object),
-            "computed": np.array(computed, dtype=bool)}
+            "computed": np.array(computed, dtype=bool),
+            "cpu_seconds": np.full(len(ids), cpu)}

@@ -51,6 +51,7 @@ def test_ray_embeddings_equal_the_local_ones(tmp_path, catalog):
     remote = embed_catalog(catalog, make, tmp_path / "ray", engine="ray", shard_size=4,
                            ray=TWO_ACTORS, progress=False)
     assert (local.computed, remote.computed) == (16, 16)
+    assert local.compute_cpu_seconds > 0 and remote.compute_cpu_seconds > 0
     assert set(local.failures) == set(remote.failures) == {"broken"}
     assert "broken.jpg" in remote.failures["broken"]
     ids = catalog.item_ids
