@@ -32,6 +32,7 @@ A config entry (the embedding cache makes refits cheap)::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,14 @@ class SourceSlates:
         return ids.astype(str), scores.astype(np.float32)
 
 
+@lru_cache(maxsize=4)
+def _image_catalog(images: str) -> Any:
+    """The image folder's catalog, listed once per process (a backtest refits per window)."""
+    from recsys.catalog import Catalog
+
+    return Catalog.from_directory(images)
+
+
 class StyleSlates:
     """``StyleRecommender`` behind the batch ``recommend`` interface of the CF models.
 
@@ -175,7 +184,7 @@ class StyleSlates:
         from recsys.recommender import StyleRecommender
 
         self.model_ = StyleRecommender(blend=self.blend, **self.options)
-        catalog = Catalog.from_directory(self.images)
+        catalog = _image_catalog(str(Path(self.images).resolve()))
         if catalog_items is not None:
             keep = [i for i in map(str, catalog_items) if i in catalog]
             catalog = Catalog(catalog.root, {i: catalog.relative_path(i) for i in keep})

@@ -126,6 +126,17 @@ def leak_audit(
     }
 
 
+def cold_recall_note(parts: Sequence[Mapping[str, Any]] | None) -> str:
+    """How to read cold recall under a catalog spec (list of parts)."""
+    kinds = {p["part"] for p in parts or [{"part": "train"}]}
+    if "availability" in kinds:
+        return "exact: an availability file declares which new items were on sale"
+    if kinds <= {"train"}:
+        return "0 by construction: only items with a training event are candidates"
+    return ("upper bound: new items enter through other buyers' purchases, not through "
+            "availability data a deployment would have")
+
+
 def pool_audits(audits: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """One audit for a backtest: counts summed over windows, shares pooled."""
     total: dict[str, Any] = {"time_resolution": audits[0]["time_resolution"],

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from evaluation.audit import leak_audit, pool_audits
+from evaluation.audit import cold_recall_note, leak_audit, pool_audits
 from evaluation.catalogs import CatalogBuilder, DeclaredCatalog
 from evaluation.metrics import paired_bootstrap, summarize
 from evaluation.protocol import Protocol, evaluate, relevance_sets
@@ -105,7 +105,8 @@ class Backtest:
             relevant, _, _ = relevance_sets(fold.train, fold.test, self.protocol, cat.mask)
             audits.append({"window": fold.label, **leak_audit(
                 self.data, fold.train, fold.test, relevant, cat.mask, cat.parts, cat.external)})
-        return {**pool_audits(audits), "per_window": audits}
+        return {**pool_audits(audits), "cold_recall": cold_recall_note(self.catalogs.parts),
+                "per_window": audits}
 
     def summary(self) -> list[dict[str, Any]]:
         """Sizes of each window."""

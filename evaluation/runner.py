@@ -87,7 +87,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from evaluation import report
-from evaluation.audit import items_only_in_test, leak_audit
+from evaluation.audit import cold_recall_note, items_only_in_test, leak_audit
 from evaluation.catalogs import LEAK_EXPLANATION, CatalogBuilder, CatalogLeakError
 from evaluation.metrics import ALL_METRICS, paired_bootstrap
 from evaluation.protocol import Protocol, evaluate, relevance_sets
@@ -238,7 +238,13 @@ def _single_split_catalog(config: Mapping[str, Any], data: Interactions, train: 
                 f"protocol.candidate_items={protocol.candidate_items!r} makes {leaked} items "
                 f"whose only events are test events candidates: {LEAK_EXPLANATION}")
         parts = {f"candidate_items:{protocol.candidate_items}": candidates}
-    return mask, leak_audit(data, train, test, relevant, candidates, parts, external)
+    audit = leak_audit(data, train, test, relevant, candidates, parts, external)
+    random = {"ratio", "stratified"} | ({"leave_one_out"} if config["split"].get("mode")
+                                        == "random" else set())
+    audit["split_order"] = "random" if config["split"]["method"] in random else "temporal"
+    audit["cold_recall"] = cold_recall_note(config.get("catalog")) if "catalog" in config \
+        else f"candidate_items={protocol.candidate_items!r}"
+    return mask, audit
 
 
 def _tune(spec: Mapping[str, Any], train: Interactions, protocol: Protocol, headline: str,
