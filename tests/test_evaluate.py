@@ -254,7 +254,7 @@ def test_config_errors_are_clear(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["ml100k_cornac.json", "ml100k_msrec.json",
-                                  "hm_backtest.json"])
+                                  "hm_backtest.json", "hm_backtest_new_to_user.json"])
 def test_shipped_configs_are_valid(name):
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
     assert config["models"][0]["name"] == "popularity"
