@@ -185,7 +185,7 @@ def test_to_dict_is_json_and_explain_names_the_parts(fitted):
     data = json.loads(json.dumps(slate.to_dict()))
     assert data["user_id"] == "user05" and len(data["entries"]) == 3
     assert set(data["entries"][0]) == {"item_id", "score", "cf", "taste", "cold", "group",
-                                       "image"}
+                                       "image", "image_error"}
     assert data["style"]["style_id"].endswith("-style")
     text = slate.explain()
     assert text.startswith("user user05; style") and "cf" in text and "taste" in text
