@@ -200,7 +200,7 @@ def atomic_directory(path: str | os.PathLike[str], marker: str) -> Iterator[Path
     if not path.name or path == Path.cwd() or path in Path.cwd().parents:
         raise FileExistsError(f"refusing to save into {path}: name a new folder to hold the "
                               "saved files")
-    _check_replaceable(path, marker)
+    check_replaceable(path, marker)
     path.parent.mkdir(parents=True, exist_ok=True)
     saved_directory(path, marker)  # an interrupted save's complete copy comes back first
     for kind in ("tmp", "new", "old"):
@@ -211,7 +211,7 @@ def atomic_directory(path: str | os.PathLike[str], marker: str) -> Iterator[Path
         yield tmp
         if not (tmp / marker).is_file():
             raise RuntimeError(f"save into {path} wrote no {marker}")
-        _check_replaceable(path, marker)  # the folder may have changed while we wrote
+        check_replaceable(path, marker)  # the folder may have changed while we wrote
         _fsync_tree(tmp)
         suffix = tmp.name.rpartition(".tmp.")[2]
         new = path.parent / f".{path.name}.new.{suffix}"
@@ -229,7 +229,10 @@ def atomic_directory(path: str | os.PathLike[str], marker: str) -> Iterator[Path
         raise
 
 
-def _check_replaceable(path: Path, marker: str) -> None:
+def check_replaceable(path: str | os.PathLike[str], marker: str) -> None:
+    """Raise `FileExistsError` unless a save may put a folder at ``path``: it is absent,
+    an empty folder, or a folder holding ``marker`` (a save of ours)."""
+    path = Path(path)
     if path.is_symlink():
         raise FileExistsError(f"refusing to replace {path}: it is a symbolic link; "
                               "save to a real folder")

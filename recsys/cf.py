@@ -31,6 +31,7 @@ from implicit import nearest_neighbours
 from implicit.cpu.als import AlternatingLeastSquares
 from implicit.cpu.bpr import BayesianPersonalizedRanking
 from implicit.cpu.lmf import LogisticMatrixFactorization
+from implicit.recommender_base import ModelFitError
 from implicit.utils import ParameterWarning
 from threadpoolctl import threadpool_limits
 
@@ -152,10 +153,7 @@ class Recommender(_IdPositions, ABC):
         for name in self._array_names:
             values = np.asarray(getattr(self, name))
             if values.dtype.kind == "f" and not np.isfinite(values).all():
-                raise ValueError(
-                    f"{self.name}: {name} has NaN or infinite values after {when}; the "
-                    "confidence weights are probably too large: use weighting='log1p' or "
-                    "'bm25' (--weighting), a smaller alpha or more regularization")
+                raise ValueError(_non_finite(self.name, name, when))
 
     @abstractmethod
     def _fit(self, user_items: sp.csr_matrix) -> None: ...
@@ -349,6 +347,12 @@ class Recommender(_IdPositions, ABC):
             setattr(self, name, value)
 
 
+def _non_finite(model: str, what: str, when: str) -> str:
+    return (f"{model}: {what} became NaN or infinite when {when}; the confidence weights are "
+            "probably too large: use weighting='log1p' or 'bm25' (--weighting), a smaller "
+            "alpha or learning_rate, or more regularization")
+
+
 def _pack_ids(name: str, ids: np.ndarray) -> dict[str, np.ndarray]:
     too_long = [i for i in ids if len(i) > MAX_ID_LENGTH]
     if too_long:
@@ -424,7 +428,10 @@ class _ImplicitModel(Recommender):
 
     def _fit(self, user_items: sp.csr_matrix) -> None:
         model = self._build()
-        model.fit(user_items, show_progress=False)
+        try:
+            model.fit(user_items, show_progress=False)
+        except ModelFitError as err:  # implicit's check for NaN factors
+            raise ValueError(_non_finite(self.name, "the factors", "fitting")) from err
         self.model_ = model
 
 
