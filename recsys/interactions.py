@@ -28,6 +28,7 @@ TIME_COLUMNS = ("timestamp", "t_dat", "time", "datetime", "date", "ts", "event_t
 VALUE_COLUMNS = ("rating", "value", "quantity", "qty", "plays", "playcount", "play_count",
                  "count", "weight", "score")
 MOVIELENS_NAMES = ["user_id", "item_id", "rating", "timestamp"]
+_BM25_FLOOR = 1e-3
 # raw confidence values spanning more orders of magnitude than this get a warning
 _WIDE_SPAN = 1e3
 # a date like 01/02/2018: day and month order can't be told from the text alone
@@ -59,8 +60,10 @@ class Interactions:
         ``log(1 + sum of value)``: heavy-tailed counts (plays, clicks) compressed
         so that one user's 300,000 plays do not swamp everything else.
     bm25
-        BM25 weighting of the summed values (implicit's ``bm25_weight``, K1=100,
-        B=0.8): saturates repeated interactions and discounts very active users.
+        BM25 weighting of the summed values (implicit's ``bm25_weight`` on the
+        items × users matrix, K1=100, B=0.8, as in implicit's last.fm example):
+        saturates repeated interactions; weights are floored at 0.001 so that
+        every interaction stays in the matrix.
 
     ``value`` on raw counts spanning more than three orders of magnitude logs a
     warning: ALS fits such weights badly; ``log1p`` or ``bm25`` fit them well.
@@ -234,7 +237,10 @@ class Interactions:
         elif self.weighting == "bm25":
             from implicit.nearest_neighbours import bm25_weight
 
-            csr = bm25_weight(csr, K1=100, B=0.8).tocsr()
+            # implicit's convention: rows are items (documents), columns users
+            csr = bm25_weight(csr.T.tocoo(), K1=100, B=0.8).T.tocsr()
+            # tiny logs can give idf <= 0; a floor keeps every interaction (and filtering)
+            csr.data = np.maximum(csr.data, _BM25_FLOOR)
         return csr.astype(np.float32)
 
     @cached_property
