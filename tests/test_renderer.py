@@ -218,7 +218,10 @@ def test_cli_render_writes_renders_and_a_gallery(tmp_path, images, capsys):
     assert args.func(args) == 0
     assert "2 renders (0 cached)" in capsys.readouterr().out
     html = (tmp_path / "out" / "index.html").read_text()
-    assert "item1 × mine" in html and (tmp_path / "out" / "contact_sheet.jpg").exists()
+    assert "item1 × mine" in html
+    # the contact sheet is an item x style grid: a header row of styles, a column of items
+    sheet = Image.open(tmp_path / "out" / "contact_sheet.jpg")
+    assert sheet.size == (8 + 2 * 158, 8 + 3 * 222)  # (1 + 1 style) columns, (1 + 2 items) rows
     assert len(list((tmp_path / "cache" / "protected-color").rglob("*.png"))) == 2
 
 
@@ -232,3 +235,24 @@ def test_cli_helpers():
     with pytest.raises(FileNotFoundError, match="item-root"):
         resolve_image("0123", None)
     assert json.loads(json.dumps(create_styler("color").params))  # params are JSON
+
+
+def test_grid_sheet_puts_each_render_at_its_item_row_and_style_column(tmp_path):
+    from stylers.gallery import grid_sheet
+
+    colours = {"grey": (128, 128, 128), "red": (255, 0, 0), "blue": (0, 0, 255)}
+    paths = {}
+    for name, rgb in colours.items():
+        paths[name] = tmp_path / f"{name}.png"
+        Image.new("RGB", (50, 60), rgb).save(paths[name])
+    sheet = Image.open(grid_sheet(
+        {"a": paths["grey"], "b": paths["grey"]}, {"s": paths["grey"], "t": None},
+        {("a", "s"): paths["red"], ("b", "t"): paths["blue"]}, tmp_path / "sheet.png",
+        cell=(50, 60))).convert("RGB")
+
+    def centre(col: int, row: int) -> tuple[int, ...]:
+        return sheet.getpixel((8 + col * 58 + 25, 8 + row * 82 + 14 + 30))
+
+    assert centre(1, 1) == colours["red"] and centre(2, 2) == colours["blue"]
+    assert centre(2, 1) == centre(1, 2) == (255, 255, 255)  # no render: blank cell
+    assert centre(0, 1) == centre(1, 0) == colours["grey"]  # item photos, style images
