@@ -26,7 +26,7 @@ ITEM_COLUMNS = ("item_id", "item", "itemid", "article_id", "article", "product_i
 TIME_COLUMNS = ("timestamp", "t_dat", "time", "datetime", "date", "ts", "event_time",
                 "created_at")
 VALUE_COLUMNS = ("rating", "value", "quantity", "qty", "plays", "playcount", "play_count",
-                 "count", "weight", "score")
+                 "count")
 MOVIELENS_NAMES = ["user_id", "item_id", "rating", "timestamp"]
 _BM25_FLOOR = 1e-3
 # raw confidence values spanning more orders of magnitude than this get a warning
