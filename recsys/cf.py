@@ -282,11 +282,13 @@ class Recommender(_IdPositions, ABC):
             valid &= ~np.isin(keys, coo.row.astype(np.int64) * n_items + coo.col)
         if candidates is not None:
             valid &= np.isin(ids, candidates)
-        for row in range(len(ids)):  # a duplicate keeps its first (best) place
-            _, first = np.unique(ids[row], return_index=True)
-            duplicate = np.ones(ids.shape[1], dtype=bool)
-            duplicate[first] = False
-            valid[row] &= ~duplicate
+        # a repeated item keeps its first (best) place: a stable sort puts it first
+        by_id = np.argsort(ids, axis=1, kind="stable")
+        sorted_ids = np.take_along_axis(ids, by_id, axis=1)
+        repeat = np.zeros(ids.shape, dtype=bool)
+        repeat[:, 1:] = sorted_ids[:, 1:] == sorted_ids[:, :-1]
+        np.put_along_axis(valid, by_id, np.take_along_axis(valid, by_id, axis=1) & ~repeat,
+                          axis=1)
         order = np.argsort(~valid, axis=1, kind="stable")
         ids, scores, valid = (np.take_along_axis(a, order, axis=1) for a in (ids, scores, valid))
         out_ids = np.full((len(ids), k), "", dtype=self.item_ids_.dtype)

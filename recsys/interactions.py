@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -347,9 +347,16 @@ def load_interactions(
         raise ValueError(f"{path}: without a header line, name the columns "
                          "(columns=[...], --columns user,item,...)")
     frame = _read_table(path, sep, header, columns, encoding)
+    named_time, named_value = time_col is not None, value_col is not None
     try:
         user_col, item_col, time_col, value_col = pick_columns(
             frame, user_col, item_col, time_col, value_col)
+        # a recognised time or value column that does not hold times or weights is left out
+        if time_col is not None and not named_time:
+            time_col = _usable(path, time_col, lambda c: _time_column(frame, c, time_unit,
+                                                                      date_format))
+        if value_col is not None and not named_value:
+            value_col = _usable(path, value_col, lambda c: _value_column(frame, c))
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     log.info("loading %s: %d rows", path, len(frame))
@@ -404,6 +411,18 @@ def pick_columns(
             + ("" if len(frame.columns) > 1 else
                "; the file may have another separator (sep=, --sep)"))
     return user_col, item_col, time_col or find(TIME_COLUMNS), value_col or find(VALUE_COLUMNS)
+
+
+def _usable(path: Path, col: str, check: Callable[[str], object]) -> str | None:
+    try:
+        check(col)
+    except ValueError as err:
+        if "day/month" in str(err):  # times after all: the order must be given
+            raise
+        log.warning("%s: ignoring column %r (%s); name it with time_col=/value_col= "
+                    "(--time-col/--value-col) to use it", path, col, err)
+        return None
+    return col
 
 
 def _read_table(path: Path, sep: str | None, header: bool, columns: Sequence[str] | None,

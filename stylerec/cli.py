@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.bench import add_bench_parser
-from ground.files import check_replaceable
+from ground.files import check_replaceable, saved_directory
 from recsys.catalog import Catalog
 from recsys.cf import MODELS, Recommender, create_model
 from recsys.interactions import TIME_UNITS, WEIGHTINGS, load_interactions
@@ -107,6 +107,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
+    args.model_dir = saved_directory(args.model_dir, "recommender.json")  # a killed save
     if (args.model_dir / "recommender.json").is_file():
         return _recommend_slates(args)
     if args.render:

@@ -367,3 +367,13 @@ def test_gif_and_bmp_are_catalog_images_and_an_escaping_link_skips_one_item(tmp_
     assert tuple(load_image(catalog.path("a"), 64).shape) == (3, 9, 12)
     with pytest.raises(NotADirectoryError, match="image folder not found"):
         Catalog.from_directory(tmp_path / "nope")
+
+
+def test_a_recognised_time_or_value_column_that_is_not_one_is_left_out(tmp_path, caplog):
+    log = _write(tmp_path / "log.csv", "user,item,time,count\na,x,morning,-1\nb,y,noon,2\n")
+    with caplog.at_level(logging.WARNING):
+        data = load_interactions(log)
+    assert data.source["columns"] == ["user", "item", None, None]
+    assert "ignoring column 'time'" in caplog.text and "ignoring column 'count'" in caplog.text
+    with pytest.raises(ValueError, match="row 0: can't read 'time' value 'morning'"):
+        load_interactions(log, time_col="time")
