@@ -431,7 +431,8 @@ class _ImplicitModel(Recommender):
     def _fit(self, user_items: sp.csr_matrix) -> None:
         model = self._build()
         try:
-            model.fit(user_items, show_progress=False)
+            with np.errstate(over="ignore", invalid="ignore"):  # non-finite: checked below
+                model.fit(user_items, show_progress=False)
         except ModelFitError as err:  # implicit's check for NaN factors
             raise ValueError(_non_finite(self.name, "the factors", "fitting")) from err
         self.model_ = model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -514,7 +515,9 @@ def _time_column(frame: pd.DataFrame, col: str | None, unit: str | None,
     else:
         text = raw.astype(str)
         date_format = date_format or _date_order(text, col)
-        parsed = pd.to_datetime(text, format=date_format, errors="coerce")
+        with warnings.catch_warnings():  # unparseable rows are reported below, by row
+            warnings.simplefilter("ignore", UserWarning)
+            parsed = pd.to_datetime(text, format=date_format, errors="coerce")
     bad = parsed.isna().to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
