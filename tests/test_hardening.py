@@ -377,3 +377,16 @@ def test_a_recognised_time_or_value_column_that_is_not_one_is_left_out(tmp_path,
     assert "ignoring column 'time'" in caplog.text and "ignoring column 'count'" in caplog.text
     with pytest.raises(ValueError, match="row 0: can't read 'time' value 'morning'"):
         load_interactions(log, time_col="time")
+
+
+def test_weights_are_found_relative_to_the_working_directory(tmp_path, weights_dir,
+                                                               monkeypatch, capsys):
+    import shutil
+
+    shutil.copy(weights_dir / "fast_style" / "candy.pth", tmp_path / "candy.pth")
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "a.png")
+    monkeypatch.chdir(tmp_path)
+    assert main(["render", "--item", "a.png", "--styler", "fast", "--param", "weights=candy.pth",
+                 "--device", "cpu", "--no-progress", "--cache-dir", "cache", "--out", "r"]) == 0
+    assert "1 renders (0 cached)" in capsys.readouterr().out
+    assert (tmp_path / "r" / "index.html").is_file()
