@@ -200,11 +200,13 @@ def run_render(args: argparse.Namespace) -> int:
         if renderer.styler.uses_style_image:
             raise ValueError(f"styler {args.styler!r} needs at least one --style")
         styles = {"baked": None}
-    grid = renderer.render_grid(items, styles)
+    grid = renderer.render_grid(items, styles, skip_unreadable=True)
     rows = rows_from_grid({args.styler: grid}, items, styles)
     page = write_html(rows, args.out / "index.html", title=f"stylerec render: {args.styler}")
     grid_sheet(items, styles, grid, args.out / "contact_sheet.jpg")
-    print(f"{len(grid)} renders ({renderer.stats['hits']} cached) -> {page}")
+    skipped = f", {len(renderer.skipped)} skipped: unreadable image" if renderer.skipped else ""
+    print(f"{len(grid) - len(renderer.skipped)} renders ({renderer.stats['hits']} cached"
+          f"{skipped}) -> {page}")
     return 0
 
 

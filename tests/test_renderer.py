@@ -64,7 +64,8 @@ def test_grid_renders_once_then_hits_the_cache(tmp_path, images):
     styler = Recorder()
     renderer = Renderer(styler, tmp_path / "cache", device="cpu", batch_size=2, progress=False)
     grid = renderer.render_grid(items, styles)
-    assert len(grid) == 8 and renderer.stats == {"requested": 8, "hits": 0, "rendered": 8}
+    assert len(grid) == 8 and renderer.stats == {"requested": 8, "hits": 0, "rendered": 8,
+                                                          "skipped": 0}
     # batched by style and size: per style, 3 same-size items -> 2 + 1, and the tall one alone
     assert sorted(styler.batches) == sorted([(2, (30, 40)), (1, (30, 40)), (1, (50, 20))] * 2)
     render = load_image(grid["item1", "style0"])
@@ -73,7 +74,7 @@ def test_grid_renders_once_then_hits_the_cache(tmp_path, images):
 
     again = Renderer(Recorder(), tmp_path / "cache", device="cpu", progress=False)
     assert again.render_grid(items, styles) == grid
-    assert again.stats == {"requested": 8, "hits": 8, "rendered": 0}
+    assert again.stats == {"requested": 8, "hits": 8, "rendered": 0, "skipped": 0}
     assert not list((tmp_path / "cache").rglob("*.tmp"))  # atomic writes leave nothing behind
 
 
@@ -256,3 +257,21 @@ def test_grid_sheet_puts_each_render_at_its_item_row_and_style_column(tmp_path):
     assert centre(1, 1) == colours["red"] and centre(2, 2) == colours["blue"]
     assert centre(2, 1) == centre(1, 2) == (255, 255, 255)  # no render: blank cell
     assert centre(0, 1) == centre(1, 0) == colours["grey"]  # item photos, style images
+
+
+def test_unreadable_images_skip_their_renders_not_the_batch(tmp_path, images):
+    items, styles = images
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    batch = {"item0": items["item0"], "gone": tmp_path / "gone.png",
+             "broken": tmp_path / "broken.png", "item1": items["item1"]}
+    renderer = Renderer(create_styler("color"), tmp_path / "cache", device="cpu", max_side=32,
+                        progress=False)
+    with pytest.raises(FileNotFoundError, match="gone.png"):
+        renderer.render_grid(batch, {"style0": styles["style0"]})
+    grid = renderer.render_grid(batch, {"style0": styles["style0"]}, skip_unreadable=True)
+    assert grid["gone", "style0"] is None and grid["broken", "style0"] is None
+    assert Image.open(grid["item0", "style0"]).size == (32, 24)
+    assert grid["item1", "style0"].is_file()
+    assert set(renderer.skipped) == {("gone", "style0"), ("broken", "style0")}
+    assert "gone.png" in renderer.skipped["gone", "style0"]
+    assert renderer.stats["rendered"] == 2 and renderer.stats["skipped"] == 2
