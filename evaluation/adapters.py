@@ -80,7 +80,7 @@ class StyleSlates:
         from recsys.catalog import Catalog
         from recsys.recommender import StyleRecommender
 
-        self.model_ = StyleRecommender(blend=self.blend, **self.options)
+        self.model_ = StyleRecommender(blend=self.blend, **{"ranker": "blend", **self.options})
         catalog = Catalog.from_directory(self.images)
         self.model_.fit(interactions, catalog, item_groups=self._item_groups(catalog.item_ids))
         return self
@@ -122,3 +122,42 @@ def taste_only(images: str | Path, **options: Any) -> StyleSlates:
     nearest to the user's taste compete (cold items included)."""
     ranker = {"n_cf_candidates": 0, **options.pop("ranker_params", {})}
     return StyleSlates(images, **{"blend": 1.0, **options}, ranker_params=ranker)
+
+
+class LearnedSlates:
+    """:class:`recsys.learned_ranker.LearnedRanker` behind the batch ``recommend`` interface.
+
+    Without images: its sources must be non-visual (e.g. CF models only, for
+    MovieLens). ``filter_seen=True`` removes each user's training items from the slate.
+
+    Examples
+    --------
+    A config entry::
+
+        {"name": "learned-cf", "model": "evaluation.adapters:LearnedSlates",
+         "params": {"sources": [{"name": "cf", "params": {"model": "als"}},
+                                {"name": "cf", "params": {"model": "itemknn"}}]}}
+    """
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+
+    def fit(self, interactions: Interactions) -> LearnedSlates:
+        from recsys.learned_ranker import LearnedRanker
+
+        self.model_ = LearnedRanker(**self.params).fit(interactions)
+        self.seen_ = interactions
+        return self
+
+    def recommend(
+        self, user_ids: Sequence[str], k: int = 10, filter_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` item ids and ranker scores per user (``""`` / ``-inf`` pad)."""
+        exclude = None
+        if filter_seen:
+            rows = self.seen_.user_index(list(user_ids), missing="ignore")
+            matrix = self.seen_.matrix
+            exclude = [set(self.seen_.item_ids[matrix[r].indices]) if r >= 0 else set()
+                       for r in rows]
+        ranked = self.model_.rank(list(user_ids), k, exclude=exclude)
+        return ranked.items, ranked.scores
