@@ -334,24 +334,14 @@ class LearnedRanker:
             raise ValueError("the learned ranker needs a time on every event (its label "
                              "windows are cut in time)")
         self._prepare(interactions, item_ids, item_vectors, style_vectors, item_groups, prices)
-        n_windows = int(self.train_windows) + int(self.validation_windows)
-        last_day = times.max().normalize()
-        examples = []
-        for j in range(n_windows, 0, -1):  # oldest first
-            cut = last_day - pd.Timedelta(days=j * int(self.window_days))
-            end = cut + pd.Timedelta(days=int(self.window_days))
-            history = interactions.select((times < cut + pd.Timedelta(days=1)).to_numpy())
-            labels = interactions.select(((times >= cut + pd.Timedelta(days=1))
-                                          & (times < end + pd.Timedelta(days=1))).to_numpy())
-            if len(history) == 0 or len(labels) == 0:
-                examples.append(None)
-                continue
-            examples.append(self._examples(history, labels))
+        examples = [None if labels is None else self._examples(history, labels)
+                    for history, labels in self.label_windows(interactions)]
         usable = [e for e in examples if e is not None]
         if not usable:
-            raise NotEnoughHistory("no label window has events both before and inside it: the log "
-                             f"spans too few days for {n_windows} windows of "
-                             f"{self.window_days} days")
+            raise NotEnoughHistory("no label window has events both before and inside it: the "
+                                   "log spans too few days for "
+                                   f"{self.train_windows} + {self.validation_windows} windows "
+                                   f"of {self.window_days} days")
         params = {**DEFAULT_MODEL_PARAMS, **(self.model_params or {}), "seed": self.random_state}
         n_val = int(self.validation_windows)
         train, valid = examples[:len(examples) - n_val], examples[len(examples) - n_val:]
@@ -373,6 +363,29 @@ class LearnedRanker:
             self.feature_names_, self.booster_.feature_importance("gain").tolist(), strict=True))
         self._serve_on(interactions)
         return self
+
+    def label_windows(self, interactions: Interactions
+                      ) -> list[tuple[Interactions, Interactions | None]]:
+        """``(history, labels)`` of each window, oldest first.
+
+        Windows are whole days ending on the log's last day; ``history`` holds every
+        event before the window's first day, ``labels`` the window's events
+        (``None`` when the window or its history is empty).
+        """
+        times = interactions.events["time"]
+        days = times.dt.normalize()
+        last_day = days.max()
+        out = []
+        n_windows = int(self.train_windows) + int(self.validation_windows)
+        for j in range(n_windows, 0, -1):
+            start = last_day - pd.Timedelta(days=j * int(self.window_days) - 1)
+            end = start + pd.Timedelta(days=int(self.window_days))
+            before = (days < start).to_numpy()
+            inside = ((days >= start) & (days < end)).to_numpy()
+            empty = not before.any() or not inside.any()
+            out.append((interactions.select(before),
+                        None if empty else interactions.select(inside)))
+        return out
 
     def _prepare(self, interactions: Interactions, item_ids: Sequence[str] | None,
                  item_vectors: np.ndarray | None, style_vectors: np.ndarray | None,
@@ -676,7 +689,9 @@ class LearnedRanker:
                 "weighting": data.weighting, "half_life_days": data.half_life_days,
                 "item_groups": self.item_groups_}
         with atomic_directory(path) as tmp:
-            write_npz_atomic(tmp / "arrays.npz", {k: np.asarray(v) for k, v in arrays.items()})
+            write_npz_atomic(tmp / "arrays.npz", {
+                k: np.asarray(v).astype(str) if np.asarray(v).dtype == object else np.asarray(v)
+                for k, v in arrays.items()})
             if self.booster_ is not None:
                 write_bytes_atomic(tmp / "model.txt", self.booster_.model_to_string().encode())
             write_bytes_atomic(tmp / "ranker.json", json.dumps(meta, indent=2).encode())

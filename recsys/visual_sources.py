@@ -293,7 +293,7 @@ class NewArrivals(VisualSource):
                                  f"{self.id_column!r} ({err})") from None
         else:
             ids = pd.Series([str(i) for i in self.catalog], dtype=object)
-        return ids.dropna().value_counts(sort=False)
+        return ids.dropna().value_counts(sort=False).sort_index()  # ties: by id
 
     def fit(self, interactions: Interactions) -> NewArrivals:
         """Find the catalog's new items as of the log's latest event; returns ``self``."""

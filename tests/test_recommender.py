@@ -122,7 +122,8 @@ def test_item_groups_bring_in_siblings_of_bought_items(shop):
     groups = {item: f"{colour}-{int(item[-2:]) // 2}" for item, colour in shop["items"].items()}
     model = StyleRecommender(
         encoder=ColourGridEncoder(), cf_params={"factors": 4, "iterations": 2}, blend=0.5,
-        ranker="blend", ranker_params={"group_weight": 5.0, "n_cf_candidates": 2, "n_taste_candidates": 2})
+        ranker="blend",
+        ranker_params={"group_weight": 5.0, "n_cf_candidates": 2, "n_taste_candidates": 2})
     model.fit(shop["data"], shop["catalog"], item_groups=groups)
     slate = model.recommend(["user04"], k=3)[0]
     bought = set(shop["data"].user_history("user04")["item_id"])
