@@ -77,6 +77,7 @@ RANKERS.register("blend")(StyleRanker)
 
 FORMAT_VERSION = 1
 MAP_K = 12
+LABEL_SPLITS = ("time", "random")
 
 
 class NotEnoughHistory(ValueError):
@@ -233,6 +234,18 @@ class LearnedRanker:
     train_windows, validation_windows : int
         Windows the model learns from, and the most recent ones on which it must
         beat every single source (``validation_windows=0`` skips the check).
+    label_split : {"time", "random"}
+        ``"time"``: label windows are the last days before the cut-off (what a
+        deployment predicts: the next purchases). ``"random"``: each window holds
+        out a random ``label_fraction`` of every user's events instead, for data
+        judged on random held-out events (the MovieLens protocols); the ranker
+        then learns the task it is judged on.
+    label_fraction : float
+        Share of events held out per ``"random"`` window.
+    exclude_seen : bool
+        Never rank items the user already has, in training, validation and
+        serving (for data where nobody re-consumes, e.g. ratings); by default
+        they compete (shoppers rebuy).
     use_images : bool
         Compute the image features (``False``: the same ranker without them, for
         an ablation; visual sources still propose candidates).
@@ -261,7 +274,9 @@ class LearnedRanker:
 
     def __init__(self, sources: Sequence[Mapping[str, Any]] = DEFAULT_SOURCES,
                  n_candidates: int = 40, window_days: int = 7, train_windows: int = 8,
-                 validation_windows: int = 2, use_images: bool = True,
+                 validation_windows: int = 2, label_split: str = "time",
+                 label_fraction: float = 0.2, exclude_seen: bool = False,
+                 use_images: bool = True,
                  model_params: Mapping[str, Any] | None = None, n_rounds: int = 150,
                  random_state: int = 0) -> None:
         self.sources = sources
@@ -269,6 +284,9 @@ class LearnedRanker:
         self.window_days = window_days
         self.train_windows = train_windows
         self.validation_windows = validation_windows
+        self.label_split = label_split
+        self.label_fraction = label_fraction
+        self.exclude_seen = exclude_seen
         self.use_images = use_images
         self.model_params = model_params
         self.n_rounds = n_rounds
@@ -298,6 +316,11 @@ class LearnedRanker:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if int(self.validation_windows) < 0:
             raise ValueError(f"validation_windows must be >= 0, got {self.validation_windows}")
+        if self.label_split not in LABEL_SPLITS:
+            raise ValueError(f"label_split must be one of {LABEL_SPLITS}, got "
+                             f"{self.label_split!r}")
+        if not 0 < self.label_fraction < 1:
+            raise ValueError(f"label_fraction must be in (0, 1), got {self.label_fraction}")
 
     # -- fitting --------------------------------------------------------------
 
@@ -329,10 +352,10 @@ class LearnedRanker:
         import lightgbm
 
         self._check_params()
-        times = interactions.events["time"]
-        if times.isna().any():
+        if interactions.events["time"].isna().any() and self.label_split == "time":
             raise ValueError("the learned ranker needs a time on every event (its label "
-                             "windows are cut in time)")
+                             "windows are cut in time); use label_split='random' for logs "
+                             "without times")
         self._prepare(interactions, item_ids, item_vectors, style_vectors, item_groups, prices)
         examples = [None if labels is None else self._examples(history, labels)
                     for history, labels in self.label_windows(interactions)]
@@ -368,15 +391,22 @@ class LearnedRanker:
                       ) -> list[tuple[Interactions, Interactions | None]]:
         """``(history, labels)`` of each window, oldest first.
 
-        Windows are whole days ending on the log's last day; ``history`` holds every
-        event before the window's first day, ``labels`` the window's events
-        (``None`` when the window or its history is empty).
+        With ``label_split="time"`` windows are whole days ending on the log's last
+        day; ``history`` holds every event before the window's first day, ``labels``
+        the window's events (``None`` when the window or its history is empty).
+        With ``"random"`` each window is a seeded random share of the events.
         """
+        n_windows = int(self.train_windows) + int(self.validation_windows)
+        out = []
+        if self.label_split == "random":
+            for j in range(n_windows):
+                rng = np.random.default_rng([int(self.random_state), j])
+                inside = rng.random(len(interactions)) < float(self.label_fraction)
+                out.append((interactions.select(~inside), interactions.select(inside)))
+            return out
         times = interactions.events["time"]
         days = times.dt.normalize()
         last_day = days.max()
-        out = []
-        n_windows = int(self.train_windows) + int(self.validation_windows)
         for j in range(n_windows, 0, -1):
             start = last_day - pd.Timedelta(days=j * int(self.window_days) - 1)
             end = start + pd.Timedelta(days=int(self.window_days))
@@ -461,9 +491,28 @@ class LearnedRanker:
                                         int(self.n_candidates))
         bought = labels.matrix[labels.user_index(users)]
         truth = [set(labels.item_ids[bought[i].indices]) for i in range(len(users))]
+        if self.exclude_seen:
+            seen = self._seen(stats, users.tolist(), None)
+            keep = np.fromiter((pool.item[j] not in seen[pool.user[j]]
+                                for j in range(len(pool.item))), bool, count=len(pool.item))
+            pool = Pool(pool.user[keep], pool.item[keep], pool.features[keep])
+            source_items = [[[t for t in row if t and t not in seen[r]] for r, row in
+                             enumerate(ids)] for ids in source_items]
         y = np.fromiter((pool.item[j] in truth[pool.user[j]] for j in range(len(pool.item))),
                         dtype=np.float32, count=len(pool.item))
         return {"pool": pool, "y": y, "truth": truth, "source_items": source_items}
+
+    def _seen(self, stats: _Stats, user_ids: list[str], history: Interactions | None
+              ) -> list[set[str]]:
+        """Each user's items: from ``history`` for users in it, else from ``stats``."""
+        rows = _lookup(stats.user_pos, user_ids, "user", "ignore")
+        out = [set(self.universe_ids_[stats.bought[r].indices]) if r >= 0 else set()
+               for r in rows]
+        if history is not None:
+            for i, r in enumerate(history.user_index(user_ids, missing="ignore")):
+                if r >= 0:
+                    out[i] = set(history.item_ids[history.matrix[r].indices])
+        return out
 
     def _pool(self, sources: list[CandidateSource], stats: _Stats, user_ids: list[str],
               history: Interactions | None, width: int) -> tuple[Pool, list[np.ndarray]]:
@@ -619,6 +668,10 @@ class LearnedRanker:
             raise ValueError(f"k must be >= 1, got {k}")
         user_ids = [str(u) for u in user_ids]
         n = len(user_ids)
+        if self.exclude_seen:
+            seen = self._seen(self._serve_stats, user_ids, history)
+            exclude = seen if exclude is None else [a | set(b) for a, b in zip(
+                seen, exclude, strict=True)]
         extra = max((len(e) for e in exclude), default=0) if exclude else 0
         if self.booster_ is None:
             source = self.sources_[self.source_labels_.index(self.choice_)]
