@@ -103,6 +103,9 @@ class VisualSource(CandidateSource):
 
     recent_items: int
     half_life_days: float
+    # the base class's event-table hooks are not used: visual sources reach items with
+    # no event at all, so they implement fit and candidates themselves
+    _fit = _candidates = None
 
     def set_embeddings(self, item_ids: Sequence[str], vectors: np.ndarray) -> VisualSource:
         """The items this source may return and their embeddings (rows unit-normalised).
