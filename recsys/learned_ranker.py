@@ -246,6 +246,10 @@ class LearnedRanker:
         Never rank items the user already has, in training, validation and
         serving (for data where nobody re-consumes, e.g. ratings); by default
         they compete (shoppers rebuy).
+    label_threshold : float, optional
+        Only window events with a value (rating) at least this are labels, for data
+        judged on ratings above a threshold; the other events still count as history
+        of later windows.
     use_images : bool
         Compute the image features (``False``: the same ranker without them, for
         an ablation; visual sources still propose candidates).
@@ -276,6 +280,7 @@ class LearnedRanker:
                  n_candidates: int = 40, window_days: int = 7, train_windows: int = 8,
                  validation_windows: int = 2, label_split: str = "time",
                  label_fraction: float = 0.2, exclude_seen: bool = False,
+                 label_threshold: float | None = None,
                  use_images: bool = True,
                  model_params: Mapping[str, Any] | None = None, n_rounds: int = 150,
                  random_state: int = 0) -> None:
@@ -287,6 +292,7 @@ class LearnedRanker:
         self.label_split = label_split
         self.label_fraction = label_fraction
         self.exclude_seen = exclude_seen
+        self.label_threshold = label_threshold
         self.use_images = use_images
         self.model_params = model_params
         self.n_rounds = n_rounds
@@ -486,6 +492,8 @@ class LearnedRanker:
         """Candidates of the window's buyers with features (from ``history``) and labels."""
         sources = self._fit_sources(history)
         stats = self._stats(history)
+        if self.label_threshold is not None:
+            labels = labels.select((labels.events["value"] >= self.label_threshold).to_numpy())
         users = np.asarray(labels.user_ids[np.unique(labels.events["user"].to_numpy())])
         pool, source_items = self._pool(sources, stats, users.tolist(), None,
                                         int(self.n_candidates))
