@@ -499,12 +499,23 @@ class LearnedRanker:
                                         int(self.n_candidates))
         bought = labels.matrix[labels.user_index(users)]
         truth = [set(labels.item_ids[bought[i].indices]) for i in range(len(users))]
+        # the window's catalog is declared as an evaluation declares a test window's: items
+        # with an earlier event, and items the window's buyers without history bought;
+        # an item known only from a label user's purchase in the window would be the
+        # leak of a catalog derived from test events
+        known = set(history.item_ids[np.unique(history.events["item"].to_numpy())])
+        newcomers = ~np.isin(labels.user_ids[labels.events["user"].to_numpy()],
+                             history.user_ids[np.unique(history.events["user"].to_numpy())])
+        known |= set(labels.item_ids[labels.events["item"].to_numpy()[newcomers]])
+        listed = np.fromiter((t in known for t in pool.item), bool, count=len(pool.item))
+        pool = Pool(pool.user[listed], pool.item[listed], pool.features[listed])
+        source_items = [[[t for t in row if t in known] for row in ids] for ids in source_items]
         if self.exclude_seen:
             seen = self._seen(stats, users.tolist(), None)
             keep = np.fromiter((pool.item[j] not in seen[pool.user[j]]
                                 for j in range(len(pool.item))), bool, count=len(pool.item))
             pool = Pool(pool.user[keep], pool.item[keep], pool.features[keep])
-            source_items = [[[t for t in row if t and t not in seen[r]] for r, row in
+            source_items = [[[t for t in row if t not in seen[r]] for r, row in
                              enumerate(ids)] for ids in source_items]
         y = np.fromiter((pool.item[j] in truth[pool.user[j]] for j in range(len(pool.item))),
                         dtype=np.float32, count=len(pool.item))
