@@ -139,6 +139,28 @@ def test_a_planted_future_event_changes_labels_but_no_feature():
     assert len(row) == 1 and b["y"][row[0]] == 1 and a["y"][row[0]] == 0
 
 
+def test_a_window_catalog_never_comes_from_its_own_label_purchases():
+    """i31 is first bought, by a known shopper, inside the last window: it was not known
+    to be on sale before, so no source may propose it there; i30, bought in the window
+    by a newcomer, is declared by that purchase and may be proposed."""
+    last = _weekly_shop().events["time"].max()
+    data = _weekly_shop(planted=("u00", "i31", last))
+    data = Interactions.from_frame(pd.concat([
+        pd.DataFrame({"user_id": data.user_ids[data.events["user"]],
+                      "item_id": data.item_ids[data.events["item"]], "t": data.events["time"]}),
+        pd.DataFrame({"user_id": ["newcomer"], "item_id": ["i30"], "t": [last]})]), time_col="t")
+    items = [f"i{j:02d}" for j in range(32)]
+    vectors = np.random.default_rng(2).standard_normal((32, 8)).astype(np.float32)
+    ranker = LearnedRanker([{"name": "new-arrivals"}], n_candidates=5, train_windows=1,
+                           validation_windows=0)
+    ranker._prepare(data, items, vectors, None, None, None)
+    (history, labels), = ranker.label_windows(data)
+    example = ranker._examples(history, labels)
+    proposed = set(example["pool"].item)
+    assert "i31" not in proposed and "i30" in proposed
+    assert all("i31" not in row for ids in example["source_items"] for row in ids)
+
+
 def test_the_default_never_loses_to_a_clearly_best_source_on_validation():
     """Everyone rebuys one favourite each week: repurchase is (nearly) perfect, so the
     ranker either beats it on the validation windows or hands the slates to it."""
