@@ -542,9 +542,11 @@ class LearnedRanker:
             users.append(np.nonzero(valid)[0])
             items.append(ids[valid])
         users, items = np.concatenate(users), np.concatenate(items)
-        keys = pd.MultiIndex.from_arrays([users, items]).drop_duplicates().sort_values()
-        user = keys.get_level_values(0).to_numpy(np.int64)
-        item = keys.get_level_values(1).to_numpy(str)
+        items = items.astype(str)
+        order = np.lexsort((items, users))
+        users, items = users[order], items[order]
+        first = np.r_[True, (users[1:] != users[:-1]) | (items[1:] != items[:-1])]
+        user, item = users[first].astype(np.int64), items[first]
         lookup = {key: j for j, key in enumerate(zip(user, item, strict=True))}
         columns = []
         for ids, scores in found:
@@ -636,7 +638,8 @@ class LearnedRanker:
         ap = {"learned": []} | {label: [] for label in self.source_labels_}
         for e in examples:
             pool, truth = e["pool"], e["truth"]
-            ranked = _slates(pool, booster.predict(pool.features), len(truth), MAP_K)
+            ranked = _slates(pool, booster.predict(pool.features, num_threads=1), len(truth),
+                             MAP_K)
             ap["learned"] += [_ap(r, t) for r, t in zip(ranked, truth, strict=True)]
             for label, ids in zip(self.source_labels_, e["source_items"], strict=True):
                 ap[label] += [_ap(list(row[:MAP_K]), t) for row, t in zip(ids, truth,
@@ -703,7 +706,9 @@ class LearnedRanker:
         else:
             pool, _ = self._pool(self.sources_, self._serve_stats, user_ids, history,
                                  int(self.n_candidates) + extra)
-            score = self.booster_.predict(pool.features) if len(pool.item) else np.zeros(0)
+            # one thread: a slate's few hundred rows cost less than waking a thread pool
+            score = (self.booster_.predict(pool.features, num_threads=1) if len(pool.item)
+                     else np.zeros(0))
         drop = np.zeros(len(pool.item), dtype=bool)
         if exclude is not None or candidates is not None:
             drop = np.fromiter(
@@ -726,7 +731,7 @@ class LearnedRanker:
         if contributions and self.booster_ is not None:
             contrib = np.zeros((n, k, len(self.feature_names_) + 1), np.float32)
             if keep.any():
-                contrib[at] = self.booster_.predict(pool.features[order[keep]],
+                contrib[at] = self.booster_.predict(pool.features[order[keep]], num_threads=1,
                                                     pred_contrib=True)
         return Ranked(out_ids.astype(str), out_scores, features, contrib)
 
