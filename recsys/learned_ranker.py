@@ -60,7 +60,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ground.files import atomic_directory, read_meta, write_bytes_atomic, write_npz_atomic
+from ground.files import (
+    atomic_directory,
+    read_meta,
+    saved_directory,
+    write_bytes_atomic,
+    write_npz_atomic,
+)
 from ground.registry import Registry
 from recsys.interactions import Interactions, _lookup
 from recsys.ranker import StyleRanker
@@ -765,7 +771,7 @@ class LearnedRanker:
                 "validation": self.validation_, "feature_names": self.feature_names_,
                 "weighting": data.weighting, "half_life_days": data.half_life_days,
                 "item_groups": self.item_groups_}
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, "ranker.json") as tmp:
             write_npz_atomic(tmp / "arrays.npz", {
                 k: np.asarray(v).astype(str) if np.asarray(v).dtype == object else np.asarray(v)
                 for k, v in arrays.items()})
@@ -779,7 +785,7 @@ class LearnedRanker:
         """Load a ranker written by :meth:`save`."""
         import lightgbm
 
-        path = Path(path)
+        path = saved_directory(path, "ranker.json")
         meta = read_meta(path, "ranker.json", "learned ranker", FORMAT_VERSION)
         ranker = cls(**meta["params"])
         with np.load(path / "arrays.npz", allow_pickle=False) as z:
