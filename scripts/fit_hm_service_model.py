@@ -1,0 +1,56 @@
+"""Fit the H&M pipeline that the service load test serves (docs/serve.md).
+
+The settings are configs/hm.json's ``blend-family`` model (ALS ⊕ EfficientNet-Lite0
+taste in 256 whitened dimensions, the product-code part), with the blend weight
+0.5 that validation chose; it is fitted on every purchase (a service serves the
+latest model, not an evaluation split). Embeddings come from the embedding store,
+so point ``--cache-dir`` at a filled one to avoid encoding 17k images.
+
+Examples
+--------
+::
+
+    OPENBLAS_NUM_THREADS=1 nice python scripts/fit_hm_service_model.py \\
+        --data ../shared/data/hm --styles ../shared/data/styles \\
+        --cache-dir /work/cache/embeddings --out out/hm-model
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from recsys.catalog import Catalog
+from recsys.interactions import load_interactions
+from recsys.recommender import StyleRecommender
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/hm"))
+    parser.add_argument("--styles", type=Path, default=Path("../shared/data/styles"))
+    parser.add_argument("--cache-dir", type=Path, required=True, help="embedding store")
+    parser.add_argument("--out", type=Path, default=Path("out/hm-model"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    start = time.perf_counter()
+    data = load_interactions(args.data / "transactions.csv")
+    catalog = Catalog.from_directory(args.data / "images")
+    model = StyleRecommender(
+        "als", {"factors": 32, "regularization": 0.01, "alpha": 40.0, "iterations": 15,
+                "random_state": 0, "num_threads": 1},
+        cache_dir=args.cache_dir, embedding_dim=256,
+        taste_params={"method": "mean", "half_life_days": 2}, blend=0.5,
+        ranker_params={"n_cf_candidates": 200, "n_taste_candidates": 100, "max_queries": 8,
+                       "affinity": "max", "cold_cf": 0.5, "group_weight": 1.0},
+    ).fit(data, catalog, args.styles, item_groups={i: i[:7] for i in catalog.item_ids})
+    model.save(args.out)
+    print(f"fitted on {data}: {len(model.ranker_.item_ids_)} items, {len(model.style_paths_)} "
+          f"styles in {time.perf_counter() - start:.0f} s; saved to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
