@@ -63,6 +63,9 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--experiment", default="stylerec",
                    help="salt of the shopper-to-arm hash (default: stylerec)")
     p.add_argument("--max-k", type=int, default=100, help="largest slate (default: 100)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="BLAS/OpenMP/FAISS threads per worker (default 1: requests are "
+                        "batched, and spinning thread pools stall a busy machine)")
     p.add_argument("--no-render", dest="render", action="store_false",
                    help="no /render and no styled arm (no styler is loaded)")
     add_styler_arguments(p)
@@ -113,10 +116,22 @@ def app_from_config(config: dict[str, Any]) -> Any:
     from stylerec.service import Limits, create_app
 
     args = argparse.Namespace(**config)
+    limit_threads(args.threads)
     renderer = renderer_from_args(args) if args.render else None
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     return create_app(args.model_dir, args.feedback_log, renderer, args.api_key, variants,
                       args.experiment, Limits(max_k=args.max_k))
+
+
+def limit_threads(n: int) -> None:
+    """Cap this process's BLAS and OpenMP pools (FAISS's included) at ``n`` threads."""
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    if n < 1:
+        raise ValueError(f"--threads must be >= 1, got {n}")
+    threadpool_limits(limits=n)
+    faiss.omp_set_num_threads(n)
 
 
 def app_from_env() -> Any:

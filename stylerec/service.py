@@ -138,8 +138,9 @@ class LoadedModel:
         cf = self.model.cf_
         if pos is None:
             return np.zeros(0, dtype=cf.item_ids_.dtype), np.zeros(0, np.float32)
-        row = cf.user_items_[pos]
-        return cf.item_ids_[row.indices], row.data
+        matrix = cf.user_items_  # CSR: the row's slice of indices and data, no row copy
+        lo, hi = matrix.indptr[pos], matrix.indptr[pos + 1]
+        return cf.item_ids_[matrix.indices[lo:hi]], matrix.data[lo:hi]
 
 
 class _Batcher:
@@ -269,10 +270,15 @@ class Service:
             ids.append(alias)
         if not rows:
             return ids, None
-        frame = pd.DataFrame(rows, columns=["user_id", "item_id", "ts", "value"])
-        frame["t"] = pd.to_datetime(frame["ts"], unit="s")
-        return ids, Interactions.from_frame(frame, time_col="t", value_col="value",
-                                            weighting="value")
+        users, items, times, values = zip(*rows, strict=True)
+        # ids and values were validated on the way in: index them without from_frame's checks
+        user_ids, user_codes = np.unique(np.asarray(users, dtype=str), return_inverse=True)
+        item_ids, item_codes = np.unique(np.asarray(items, dtype=str), return_inverse=True)
+        events = pd.DataFrame({"user": user_codes.astype(np.int32),
+                               "item": item_codes.astype(np.int32),
+                               "time": pd.to_datetime(np.asarray(times), unit="s"),
+                               "value": np.asarray(values, dtype=np.float64)})
+        return ids, Interactions(events, user_ids, item_ids, weighting="value")
 
     def history_items(self, loaded: LoadedModel, uid: str) -> list[str]:
         """The shopper's items: fit-time ones, then online engagements."""
