@@ -15,6 +15,11 @@ answered) for ``--duration`` seconds each:
    and SQLite's integrity check must pass. Requests that failed while the
    server was down are counted apart (they are the outage, not errors).
 
+Between them, the online update: a shopper the model never saw clicks three
+items that look alike (an item and its two nearest neighbours in the model's
+embedding space); the test records how long their next ``/recommend`` takes
+and how close its items are to the clicked ones, before and after.
+
 Shoppers are drawn from the model's fit-time users, with ``--new-share`` of
 requests for shoppers it has never seen. The clients speak minimal HTTP/1.1
 over keep-alive connections from one asyncio loop, so that the client costs
@@ -250,6 +255,47 @@ async def _phase(server: _Server, result: PhaseResult, users: np.ndarray, items:
     await asyncio.gather(*tasks)
 
 
+def _online_update(server: _Server, cfg: LoadConfig) -> dict[str, Any]:
+    """A shopper the model never saw clicks three look-alike items; how fast and how far
+    their next slate moves toward them (cosine of the model's item embeddings)."""
+    from recsys.recommender import StyleRecommender
+
+    model = StyleRecommender.load(cfg.model_dir)
+    ids, vectors = model.ranker_.item_ids_, model.ranker_.item_vectors_
+    rng = np.random.default_rng(cfg.seed)
+    seed_item = int(rng.integers(len(ids)))
+    clicked = np.argsort(-(vectors @ vectors[seed_item]), kind="stable")[:3]
+    position = {str(t): i for i, t in enumerate(ids)}
+    uid = f"bench-online-{cfg.seed}"
+
+    def closeness(items: list[str]) -> float:
+        rows = vectors[[position[i] for i in items]]
+        return round(float((rows @ vectors[clicked].T).max(axis=1).mean()), 4)
+
+    async def run() -> dict[str, Any]:
+        conn = _Connection(server.port)
+        target = f"/recommend?uid={uid}&k={cfg.k}"
+        before = json.loads((await conn.request("GET", target))[1])
+        for i in clicked:
+            body = json.dumps({"uid": uid, "item": str(ids[i]), "type": "click"}).encode()
+            status, _ = await conn.request("POST", "/feedback", body)
+            if status != 200:
+                raise RuntimeError(f"/feedback answered {status}")
+        start = time.perf_counter()
+        after = json.loads((await conn.request("GET", target))[1])
+        seconds = time.perf_counter() - start
+        conn.close()
+        return {"clicked": [str(ids[i]) for i in clicked],
+                "before": {"fallback": before["fallback"],
+                           "closeness": closeness(before["recommendations"])},
+                "after": {"folded_in": after["folded_in"],
+                          "closeness": closeness(after["recommendations"]),
+                          "style": after["style"]},
+                "seconds_to_next_slate": round(seconds, 3)}
+
+    return asyncio.run(run())
+
+
 def _run_phase(server: _Server, name: str, clients: int, feedback_clients: int,
                users: np.ndarray, items: np.ndarray, cfg: LoadConfig, acked: set[str],
                kill_at: float | None = None) -> PhaseResult:
@@ -287,6 +333,7 @@ def run_load_test(cfg: LoadConfig, command: str = "") -> dict[str, Any]:
         for clients in cfg.clients:
             record["phases"].append(_run_phase(server, f"recommend-{clients}", clients, 0,
                                                users, items, cfg, acked).summary())
+        record["online_update"] = _online_update(server, cfg)
         phase = _run_phase(server, f"feedback+kill-{cfg.clients[0]}", cfg.clients[0],
                            cfg.feedback_clients, users, items, cfg, acked,
                            kill_at=cfg.duration / 2)
@@ -320,6 +367,12 @@ def format_record(record: dict[str, Any]) -> str:
             + "".join(f"{lat.get(q, float('nan')):>8}" for q in ("p50", "p90", "p99", "max"))
             + f"{p['errors']:>7}  {p['load_average']['before'][0]}/"
               f"{p['load_average']['after'][0]}")
+    online = record["online_update"]
+    lines += ["", f"online update: a new shopper clicks 3 look-alike items; next /recommend "
+              f"{1000 * online['seconds_to_next_slate']:.0f} ms after the third 2xx, "
+              f"folded_in={online['after']['folded_in']}; slate closeness to the clicked items "
+              f"(mean max cosine) {online['before']['closeness']} -> "
+              f"{online['after']['closeness']}"]
     for p in record["phases"]:
         if p.get("kill"):
             log = p["log"]

@@ -374,3 +374,17 @@ def test_serve_refuses_a_public_address_without_an_api_key(shop, capsys):
 
     code = main(["serve", "--model-dir", str(shop["model_dir"]), "--host", "0.0.0.0"])
     assert code == 2 and "--api-key" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_load_test_keeps_every_acknowledged_event_through_a_kill(shop, tmp_path):
+    from evaluation.bench_service import LoadConfig, format_record, run_load_test
+
+    record = run_load_test(LoadConfig(shop["model_dir"], tmp_path / "bench", clients=(2,),
+                                      duration=4, feedback_clients=2, warmup=0.5))
+    recommend, kill = record["phases"]
+    assert recommend["errors"] == 0 and recommend["requests"] > 0
+    assert kill["kill"]["downtime_s"] > 0 and kill["events_acked"] > 0
+    assert kill["log"]["acked_events_missing"] == 0 and kill["log"]["integrity"] == "ok"
+    assert record["online_update"]["after"]["folded_in"] is True
+    assert "online update" in format_record(record)
