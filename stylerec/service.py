@@ -253,21 +253,20 @@ class Service:
         """Request ids (aliases for fit-time shoppers with online events) and their history."""
         events = self.log.user_events(uids, ENGAGEMENTS, since=loaded.saved,
                                       limit=self.limits.online_events)
-        ids, rows = [], []
-        for uid in uids:
+        aliases, rows = {}, []
+        for uid in dict.fromkeys(uids):  # a shopper asking twice in one batch counts once
             mine = [e for e in events.get(uid, ()) if e["item"] in loaded.catalog]
             if not mine:
-                ids.append(uid)
                 continue
             alias = uid
             items, weights = loaded.fit_items(uid)
             if len(items):
-                alias = ALIAS_PREFIX + uid
+                alias = aliases[uid] = ALIAS_PREFIX + uid
                 first = min(e["ts"] for e in mine)
                 rows += [(alias, str(i), first, float(w))
                          for i, w in zip(items, weights, strict=True)]
             rows += [(alias, e["item"], e["ts"], 1.0) for e in mine]
-            ids.append(alias)
+        ids = [aliases.get(uid, uid) for uid in uids]
         if not rows:
             return ids, None
         users, items, times, values = zip(*rows, strict=True)

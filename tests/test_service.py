@@ -21,7 +21,7 @@ from PIL import Image
 from test_recommender import COLOURS, ColourGridEncoder
 
 from recsys.catalog import Catalog
-from recsys.feedback import FeedbackLog
+from recsys.feedback import Event, FeedbackLog
 from recsys.interactions import Interactions
 from recsys.recommender import StyleRecommender
 from stylerec.service import Limits, create_app
@@ -388,3 +388,15 @@ def test_load_test_keeps_every_acknowledged_event_through_a_kill(shop, tmp_path)
     assert kill["log"]["acked_events_missing"] == 0 and kill["log"]["integrity"] == "ok"
     assert record["online_update"]["after"]["folded_in"] is True
     assert "online update" in format_record(record)
+
+
+def test_a_shopper_twice_in_one_batch_gets_the_same_slate_as_alone(shop, tmp_path):
+    from stylerec.service import Service
+
+    service = Service(shop["model_dir"], tmp_path / "f.db")
+    service.log.append([Event(u, "green01", "click", time.time()) for u in ("user00", "new")])
+    _, alone = service.slates(["user00", "new"], 5)
+    _, twice = service.slates(["user00", "new", "user00", "new"], 5)
+    service.batcher.close()
+    assert [s.item_ids for s in twice] == [s.item_ids for s in alone] * 2
+    assert [s.user_id for s in twice] == ["user00", "new", "user00", "new"]
