@@ -25,7 +25,8 @@ requests for shoppers it has never seen. The clients speak minimal HTTP/1.1
 over keep-alive connections from one asyncio loop, so that the client costs
 little of the CPU the server needs. Outputs ``bench-service.json`` and
 ``bench-service.txt`` in ``--out``, with the load average before and after
-(the machine may be shared).
+(the machine may be shared) and the server's CPU time per ``/recommend`` (what
+the throughput on an idle machine would be bounded by: cores / CPU per request).
 """
 
 from __future__ import annotations
@@ -85,12 +86,16 @@ class PhaseResult:
     events_acked: int = 0
     load_average: dict[str, Any] = field(default_factory=dict)
     kill: dict[str, Any] | None = None
+    server_cpu_s: float | None = None  # the server process's user + system time in the phase
+    client_cpu_s: float | None = None  # this process's (the clients')
 
     def summary(self) -> dict[str, Any]:
         lat = np.asarray(self.latencies_ms)
         out = {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
         out["requests"] = len(lat)
         out["throughput_rps"] = round(len(lat) / self.seconds, 1)
+        if self.server_cpu_s is not None and len(lat):
+            out["server_cpu_ms_per_request"] = round(1000 * self.server_cpu_s / len(lat), 2)
         if len(lat):
             out["latency_ms"] = {name: round(float(np.percentile(lat, q)), 2) for name, q in
                                  (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))}
@@ -163,6 +168,12 @@ class _Server:
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"the server did not answer /healthz in {self.cfg.startup_timeout} s")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process (not of ``--workers`` children)."""
+        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()  # fields from the 3rd (state) on
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def kill(self) -> None:
         """``SIGKILL`` the server's process group (the workers too) and reap it."""
@@ -304,7 +315,11 @@ def _run_phase(server: _Server, name: str, clients: int, feedback_clients: int,
         asyncio.run(_phase(server, warm, users, items, cfg, set(), None))
     result = PhaseResult(name, clients, feedback_clients, cfg.duration)
     result.load_average["before"] = load_average()
+    server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
     asyncio.run(_phase(server, result, users, items, cfg, acked, kill_at))
+    result.client_cpu_s = round(time.process_time() - client_cpu, 2)
+    if kill_at is None and cfg.server_workers == 1:
+        result.server_cpu_s = round(server.cpu_seconds() - server_cpu, 2)
     result.load_average["after"] = load_average()
     return result
 
@@ -357,7 +372,7 @@ def format_record(record: dict[str, Any]) -> str:
              f"load average before {record['load_average']['before']}, after "
              f"{record['load_average']['after']}", "",
              f"{'phase':<22}{'clients':>8}{'req/s':>8}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}"
-             f"{'max ms':>8}{'errors':>7}  load avg (1 min) before/after"]
+             f"{'max ms':>8}{'errors':>7}{'CPU ms/req':>11}  load avg (1 min) before/after"]
     for p in record["phases"]:
         lat = p.get("latency_ms", {})
         clients = f"{p['clients']}+{p['feedback_clients']}" if p["feedback_clients"] \
@@ -365,7 +380,8 @@ def format_record(record: dict[str, Any]) -> str:
         lines.append(
             f"{p['name']:<22}{clients:>8}{p['throughput_rps']:>8}"
             + "".join(f"{lat.get(q, float('nan')):>8}" for q in ("p50", "p90", "p99", "max"))
-            + f"{p['errors']:>7}  {p['load_average']['before'][0]}/"
+            + f"{p['errors']:>7}{p.get('server_cpu_ms_per_request', '-'):>11}  "
+              f"{p['load_average']['before'][0]}/"
               f"{p['load_average']['after'][0]}")
     online = record["online_update"]
     lines += ["", f"online update: a new shopper clicks 3 look-alike items; next /recommend "
