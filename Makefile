@@ -23,7 +23,7 @@ $(SERVE_MODEL)/recommender.json: | $(BIN)/stylerec
 		--styles data/styles --cache-dir out/demo/cache/embeddings --out $(SERVE_MODEL)
 
 serve: $(SERVE_MODEL)/recommender.json
-	$(BIN)/stylerec serve --model-dir $(SERVE_MODEL) --feedback-log out/serve/feedback.db
+	$(BIN)/stylerec serve --model-dir $(SERVE_MODEL) --feedback-log out/serve/feedback.db --protect
 
 test: $(BIN)/stylerec
 	$(BIN)/python -m pytest
