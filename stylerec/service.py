@@ -60,7 +60,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -190,8 +190,7 @@ class _Batcher:
 def _truncate(slate: Slate, k: int) -> Slate:
     if len(slate.entries) <= k:
         return slate
-    return Slate(slate.user_id, slate.entries[:k], slate.style, slate.fallback,
-                 slate.folded_in, slate.taste_fallback)
+    return replace(slate, entries=slate.entries[:k])
 
 
 class _Metrics:
@@ -243,10 +242,8 @@ class Service:
         ids, history = self._online_history(loaded, uids)
         slates = loaded.model.recommend(ids, k=k, history=history)
         self.metrics.batch_size.observe(len(uids))
-        return loaded, [
-            s if s.user_id == uid else Slate(uid, s.entries, s.style, s.fallback, s.folded_in,
-                                             s.taste_fallback)
-            for uid, s in zip(uids, slates, strict=True)]
+        return loaded, [s if s.user_id == uid else replace(s, user_id=uid)
+                        for uid, s in zip(uids, slates, strict=True)]
 
     def _online_history(self, loaded: LoadedModel, uids: list[str]
                         ) -> tuple[list[str], Interactions | None]:
