@@ -1,10 +1,12 @@
 """Fit the H&M pipeline that the service load test serves (docs/serve.md).
 
-The settings are configs/hm.json's ``blend-family`` model (ALS ⊕ EfficientNet-Lite0
-taste in 256 whitened dimensions, the product-code part), with the blend weight
-0.5 that validation chose; it is fitted on every purchase (a service serves the
-latest model, not an evaluation split). Embeddings come from the embedding store,
-so point ``--cache-dir`` at a filled one to avoid encoding 17k images.
+The settings: ALS (32 factors, alpha 40) ⊕ EfficientNet-Lite0 taste in 256 whitened
+dimensions (mean profile, 2-day half-life), the ranker's pool of 200 CF and 100 taste
+candidates, cold items' CF part 0.5, blend 0.5 (the base parameters of the ``blend``
+model in configs/hm_backtest.json) and the product-code part (``group_weight`` 1).
+It is fitted on every purchase: a service serves the latest model, not an
+evaluation split. Embeddings come from the embedding store, so point
+``--cache-dir`` at a filled one to avoid encoding 17k images.
 
 Examples
 --------
