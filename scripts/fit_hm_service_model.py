@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--styles", type=Path, default=Path("../shared/data/styles"))
     parser.add_argument("--cache-dir", type=Path, required=True, help="embedding store")
     parser.add_argument("--out", type=Path, default=Path("out/hm-model"))
+    parser.add_argument("--index-factory", default="Flat",
+                        help="FAISS factory of the ranker's item index (default: Flat, exact)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     start = time.perf_counter()
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=args.cache_dir, embedding_dim=256,
         taste_params={"method": "mean", "half_life_days": 2}, blend=0.5,
         ranker_params={"n_cf_candidates": 200, "n_taste_candidates": 100, "max_queries": 8,
-                       "affinity": "max", "cold_cf": 0.5, "group_weight": 1.0},
+                       "affinity": "max", "cold_cf": 0.5, "group_weight": 1.0,
+                       "index_factory": args.index_factory},
     ).fit(data, catalog, args.styles, item_groups={i: i[:7] for i in catalog.item_ids})
     model.save(args.out)
     print(f"fitted on {data}: {len(model.ranker_.item_ids_)} items, {len(model.style_paths_)} "
