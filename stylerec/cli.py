@@ -26,6 +26,7 @@ from stylerec.render_cli import (
     renderer_from_args,
     write_slates_page,
 )
+from stylerec.serve import add_service_parsers
 
 log = logging.getLogger("stylerec")
 
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(sub)
     add_bench_parser(sub)
     add_batch_parsers(sub)
+    add_service_parsers(sub)
     return parser
 
 
