@@ -123,11 +123,11 @@ def build_model(kind: str, params: Mapping[str, Any]) -> Any:
         except (ImportError, AttributeError) as err:
             raise ValueError(f"cannot import model factory {kind!r}: {err}") from None
         return factory(**params)
-    from recsys.cf import MODELS, create_model
+    from recsys.cf import CF_MODELS
 
-    if kind in MODELS:
-        return create_model(kind, **params)
-    known = sorted(MODELS) + sorted(MODEL_BUILDERS) + sorted(BUILTIN_FACTORIES)
+    if kind in CF_MODELS:
+        return CF_MODELS.create(kind, **params)
+    known = CF_MODELS.names() + sorted(MODEL_BUILDERS) + sorted(BUILTIN_FACTORIES)
     raise ValueError(f"unknown model {kind!r}; available: {known} or 'package.module:factory'")
 
 

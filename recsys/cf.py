@@ -33,33 +33,33 @@ from implicit.utils import ParameterWarning
 from threadpoolctl import threadpool_limits
 
 from ground.files import atomic_directory, read_meta
+from ground.registry import Registry
 from recsys.interactions import Interactions, _IdPositions, _lookup
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-MODELS: dict[str, type[Recommender]] = {}
+CF_MODELS: Registry[Recommender] = Registry("CF model", "stylerec.models")
 
 
 def register_model(name: str) -> Callable[[type[Recommender]], type[Recommender]]:
-    """Class decorator adding a model to the registry used by :func:`create_model`."""
-
-    def add(cls: type[Recommender]) -> type[Recommender]:
-        cls.name = name
-        MODELS[name] = cls
-        return cls
-
-    return add
+    """Class decorator adding a model to :data:`CF_MODELS`, the registry behind
+    :func:`create_model`; third-party packages use the entry-point group
+    ``stylerec.models`` instead."""
+    return CF_MODELS.register(name)
 
 
 def create_model(name: str, **params: Any) -> Recommender:
     """Instantiate a registered CF model by name (``popularity``, ``als``, ``bpr``,
-    ``bpr-uniform``, ``lmf``, ``itemknn``) with its hyperparameters."""
-    try:
-        cls = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; available: {sorted(MODELS)}") from None
-    return cls(**params)
+    ``bpr-uniform``, ``lmf``, ``itemknn``, or an installed plugin's) with its
+    hyperparameters.
+
+    Raises
+    ------
+    ground.registry.UnknownNameError
+        When no model has that name (the message lists the available ones).
+    """
+    return CF_MODELS.create(name, **params)
 
 
 class Recommender(_IdPositions, ABC):
@@ -72,12 +72,18 @@ class Recommender(_IdPositions, ABC):
     name: ClassVar[str] = "base"
     _array_names: ClassVar[tuple[str, ...]] = ()
 
-    def get_params(self) -> dict[str, Any]:
+    @property
+    def params(self) -> dict[str, Any]:
+        """Constructor parameters (JSON-serialisable): what :func:`create_model` needs."""
         return {k: v for k, v in vars(self).items() if not k.endswith("_") and not
                 k.startswith("_")}
 
+    def identity(self) -> dict[str, Any]:
+        """``{"name", "params"}``: the model's registry name and its parameters."""
+        return {"name": self.name, "params": self.params}
+
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
 
     # -- fitting --------------------------------------------------------------
@@ -225,7 +231,7 @@ class Recommender(_IdPositions, ABC):
             "ui_data": ui.data, "ui_indices": ui.indices, "ui_indptr": ui.indptr,
             **{name: np.asarray(getattr(self, name)) for name in self._array_names},
         }
-        meta = {"format": FORMAT_VERSION, "model": self.name, "params": self.get_params()}
+        meta = {"format": FORMAT_VERSION, "model": self.name, "params": self.params}
         with atomic_directory(path) as tmp:
             np.savez(tmp / "arrays.npz", **arrays)
             (tmp / "model.json").write_text(json.dumps(meta, indent=2))

@@ -13,7 +13,7 @@ import numpy as np
 
 from evaluation.bench import add_bench_parser
 from recsys.catalog import Catalog
-from recsys.cf import MODELS, Recommender, create_model
+from recsys.cf import CF_MODELS, Recommender, create_model
 from recsys.interactions import WEIGHTINGS, load_interactions
 from stylerec.evaluate_cli import add_evaluate_parser
 from stylerec.render_cli import (
@@ -134,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "ranker) as a StyleRecommender. Without: fit the CF model "
                                      "alone. Saved as JSON + npz/FAISS files, no pickle.")
     add_data_arguments(fit)
-    fit.add_argument("--model", choices=sorted(MODELS), default="als",
-                     help="CF model (default: als)")
+    fit.add_argument("--model", default="als",
+                     help=f"CF model (default: als; built-in or installed: "
+                          f"{', '.join(CF_MODELS.names())})")
     fit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                      help="CF hyperparameter, repeatable (e.g. --param factors=64)")
     visual = fit.add_argument_group("visual taste (the full pipeline)")
@@ -187,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     np.set_printoptions(precision=4)
     try:
         return args.func(args)
-    except (FileNotFoundError, KeyError, ValueError) as err:
+    except (FileNotFoundError, LookupError, ValueError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"stylerec {args.command}: error: {message}", file=sys.stderr)
         return 2
