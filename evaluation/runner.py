@@ -33,7 +33,9 @@ protocol, k, metrics
     defaults to the split's ``rating_threshold``.
 models
     ``name`` (label), ``model`` (a ``recsys.cf`` model name, a name added with
-    :func:`register_model_builder`, or ``"package.module:factory"``), ``params``,
+    :func:`register_model_builder`, ``"pipeline"`` with ``params.pipeline`` the path
+    of a pipeline spec (:mod:`recsys.spec`; other params are dotted spec overrides),
+    or ``"package.module:factory"``), ``params``,
     optional ``weighting`` (refit on ``train.reweight(weighting)``), ``tune``
     (``grid``, ``metric``, ``validation``: grid search on a validation split of
     the training data; ``validation`` defaults to the test split's method and
@@ -90,7 +92,8 @@ ModelBuilder = Callable[[dict[str, Any]], Any]
 MODEL_BUILDERS: dict[str, ModelBuilder] = {}
 # visual recommenders, imported only when a config names them
 BUILTIN_FACTORIES = {"taste": "evaluation.adapters:taste_only",
-                     "blend": "evaluation.adapters:StyleSlates"}
+                     "blend": "evaluation.adapters:StyleSlates",
+                     "pipeline": "evaluation.adapters:from_pipeline"}
 PROTOCOL_KEYS = ("relevance_threshold", "exclude_train", "candidate_items", "map_normalization",
                  "position_model", "p_relevant", "p_irrelevant", "batch_size")
 

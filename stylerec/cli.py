@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.bench import add_bench_parser
-from recsys.catalog import Catalog
-from recsys.cf import CF_MODELS, Recommender, create_model
-from recsys.interactions import WEIGHTINGS, load_interactions
+from recsys.cf import CF_MODELS, Recommender
+from recsys.interactions import WEIGHTINGS
+from recsys.spec import fit_pipeline
 from stylerec.evaluate_cli import add_evaluate_parser
+from stylerec.pipeline_args import add_spec_arguments, spec_from_args
 from stylerec.render_cli import (
     add_render_parser,
     add_styler_arguments,
-    parse_params,
     renderer_from_args,
 )
 
@@ -29,44 +29,30 @@ log = logging.getLogger("stylerec")
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that say how to read an interaction log."""
     group = parser.add_argument_group("interaction log")
-    group.add_argument("--interactions", type=Path, required=True,
+    group.add_argument("--interactions", type=Path,
                        help="CSV/TSV/Parquet log; H&M transactions.csv and MovieLens u.data "
                             "are recognised without column options")
     group.add_argument("--user-col", help="column with user ids")
     group.add_argument("--item-col", help="column with item ids")
     group.add_argument("--time-col", help="column with timestamps (optional)")
     group.add_argument("--value-col", help="column with ratings/quantities (optional)")
-    group.add_argument("--weighting", choices=WEIGHTINGS, default="count",
+    group.add_argument("--weighting", choices=WEIGHTINGS,
                        help="how interactions become confidence weights (default: count)")
     group.add_argument("--half-life-days", type=float,
                        help="half-life for --weighting recency")
 
 
-def load_from_args(args: argparse.Namespace):
-    return load_interactions(
-        args.interactions, args.user_col, args.item_col, args.time_col, args.value_col,
-        weighting=args.weighting, half_life_days=args.half_life_days,
-    )
-
-
 def cmd_fit(args: argparse.Namespace) -> int:
-    data = load_from_args(args)
-    cf_params = parse_params(args.param)
-    if args.images is None:
-        model = create_model(args.model, **cf_params).fit(data)
-        path = model.save(args.out)
-        print(f"fitted {model!r} on {data}; saved to {path}")
+    spec = spec_from_args(args, {"encoder.cache_dir": '"out/cache/embeddings"'})
+    model = fit_pipeline(spec)
+    path = model.save(args.out)
+    if spec.data.images is None:
+        print(f"fitted {model!r} on {spec.data.interactions}; saved to {path}")
         return 0
-    from recsys.recommender import StyleRecommender  # torch and faiss: only when needed
-
-    pipeline = StyleRecommender(
-        args.model, cf_params, encoder=args.encoder, cache_dir=args.cache_dir,
-        blend=args.blend,
-    ).fit(data, Catalog.from_directory(args.images), args.styles)
-    path = pipeline.save(args.out)
-    print(f"fitted StyleRecommender ({args.model} ⊕ {pipeline.encoder_id_} taste, "
-          f"{len(pipeline.ranker_.item_ids_)} rankable items, {len(pipeline.style_paths_)} "
-          f"styles, {len(pipeline.failures_)} images failed) on {data}; saved to {path}")
+    print(f"fitted StyleRecommender ({spec.cf.name} ⊕ {model.encoder_id_} taste, "
+          f"{len(model.ranker_.item_ids_)} rankable items, {len(model.style_paths_)} "
+          f"styles, {len(model.failures_)} images failed) on {spec.data.interactions}; "
+          f"saved to {path}")
     return 0
 
 
@@ -111,9 +97,10 @@ def _recommend_slates(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from stylerec.demo import run_demo
+    from stylerec.demo import DEMO_SPEC, run_demo  # torch and faiss: only when needed
 
-    run_demo(args.data, args.out, n_customers=args.customers, k=args.k, seed=args.seed)
+    run_demo(args.data, args.out, n_customers=args.customers, k=args.k, seed=args.seed,
+             config=args.config or DEMO_SPEC, overrides=args.overrides)
     return 0
 
 
@@ -134,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "ranker) as a StyleRecommender. Without: fit the CF model "
                                      "alone. Saved as JSON + npz/FAISS files, no pickle.")
     add_data_arguments(fit)
-    fit.add_argument("--model", default="als",
+    fit.add_argument("--model",
                      help=f"CF model (default: als; built-in or installed: "
                           f"{', '.join(CF_MODELS.names())})")
     fit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -143,12 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     visual.add_argument("--images", type=Path,
                         help="catalog image folder: <root>/**/<item id>.<jpg|png|...>")
     visual.add_argument("--styles", type=Path, help="folder of style reference images")
-    visual.add_argument("--encoder", default="efficientnet-lite0",
+    visual.add_argument("--encoder",
                         help="image encoder (default: efficientnet-lite0, offline weights)")
-    visual.add_argument("--cache-dir", type=Path, default=Path("out/cache/embeddings"),
+    visual.add_argument("--cache-dir", type=Path,
                         help="embedding store (default: out/cache/embeddings)")
-    visual.add_argument("--blend", type=float, default=0.5,
+    visual.add_argument("--blend", type=float,
                         help="weight of taste in the final score, 0..1 (default: 0.5)")
+    add_spec_arguments(fit)
     fit.add_argument("--out", type=Path, required=True, help="directory to save the model to")
     fit.set_defaults(func=cmd_fit)
 
@@ -172,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--customers", type=int, default=3)
     demo.add_argument("-k", type=int, default=10)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--config", type=Path,
+                      help="pipeline spec (default: configs/demo.json)")
+    demo.add_argument("--set", dest="overrides", action="append", default=[],
+                      metavar="KEY.PATH=VALUE", help="set a spec key, repeatable")
     demo.set_defaults(func=cmd_demo)
 
     add_render_parser(sub)
