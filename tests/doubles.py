@@ -1,4 +1,5 @@
-"""Test doubles shared by the test files: one small, weight-free image encoder.
+"""Test doubles shared by the test files: a small, weight-free image encoder and a tiny
+OpenCLIP architecture.
 
 Import with ``from doubles import ColourEncoder`` (pytest puts ``tests/`` on the path).
 """
@@ -12,6 +13,14 @@ import torch
 from PIL import Image
 
 from recsys.encoders import ImageEncoder
+
+TINY_CLIP = {  # an OpenCLIP config small enough to build with random weights in a test
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8,
+                   "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                 "layers": 1},
+}
 
 
 class ColourEncoder(ImageEncoder):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -157,25 +155,6 @@ def test_cuda_matches_cpu(lite, tmp_path):
 
 
 # --------------------------------------------------------------------------- OpenCLIP
-
-TINY = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8,
-                   "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
-                 "layers": 1},
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    import open_clip
-
-    path = tmp_path_factory.mktemp("clipcfg") / "stylerec-tiny-test.json"
-    path.write_text(json.dumps(TINY))
-    open_clip.add_model_config(path)
-    return "stylerec-tiny-test"
-
 
 def test_openclip_refuses_silent_random_weights(tiny_clip, tmp_path):
     with pytest.raises(MissingWeightsError, match="checkpoint=<local file>.*allow_random=True"):
