@@ -396,12 +396,17 @@ def spec_of(model: Any) -> PipelineSpec:
     """The spec of a ``StyleRecommender``: its model sections from its parameters, the
     others (data, styles, styler, renderer) from the spec it was built from, if any.
 
-    An encoder instance is described by its ``name`` and identity ``params``.
+    An encoder instance is described by its ``name`` and identity ``params``; a loaded
+    model fitted with one (and so saved without it) by its saved spec.
     """
     base = getattr(model, "_spec", None) or PipelineSpec()
     encoder = model.encoder
-    name, params = ((encoder, dict(model.encoder_params or {})) if isinstance(encoder, str)
-                    else (encoder.name, dict(encoder.params)))
+    if isinstance(encoder, str):
+        name, params = encoder, dict(model.encoder_params or {})
+    elif encoder is None:
+        name, params = base.encoder.name, dict(base.encoder.params)
+    else:
+        name, params = encoder.name, dict(encoder.params)
     return dataclasses.replace(
         base,
         cf=ComponentSpec(model.cf_model, dict(model.cf_params or {})),
