@@ -130,3 +130,29 @@ def test_an_evaluation_config_can_name_a_pipeline_spec():
     expected = recommender_arguments(load_spec(DEMO, ["cf.params.factors=8"]))
     assert model.blend == 0.25 and model.options["cf_params"] == expected["cf_params"]
     assert model.images == "data/images" and model.groups == "data/articles.csv"
+
+
+def test_the_demo_builds_from_its_spec(demo_dir, tmp_path):
+    import shutil
+
+    from stylerec.demo import run_demo
+
+    data = tmp_path / "data"
+    log = pd.read_csv(demo_dir / "transactions.csv", dtype=str)
+    small = log[log["customer_id"].isin(log["customer_id"].drop_duplicates().iloc[:4])]
+    (data / "styles").mkdir(parents=True)
+    small.to_csv(data / "transactions.csv", index=False)
+    shutil.copy(demo_dir / "articles.csv", data / "articles.csv")
+    for item in small["article_id"].unique():
+        (data / "images" / item[:3]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(demo_dir / "images" / item[:3] / f"{item}.jpg", data / "images" / item[:3])
+    for name in ("wave", "mondrian"):
+        shutil.copy(demo_dir / "styles" / f"{name}.jpg", data / "styles")
+    page = run_demo(data, tmp_path / "out", n_customers=1, k=3, seed=7,
+                    overrides=["styler=null", "encoder.embedding_dim=8"])
+    assert page.is_file() and "style references" in page.read_text()
+    spec = json.loads((tmp_path / "out" / "model" / "recommender.json").read_text())["spec"]
+    assert spec["cf"]["params"] == {"factors": 64, "iterations": 15, "random_state": 7}
+    assert spec["ranker"]["params"] == {"taste_weight": 0.5, "group_weight": 0.5}
+    assert spec["data"]["images"] == str(data / "images") and spec["styler"] is None
+    assert (tmp_path / "out" / "cache" / "embeddings").is_dir()
