@@ -59,7 +59,8 @@ def create_model(name: str, **params: Any) -> Recommender:
     ground.registry.UnknownNameError
         When no model has that name (the message lists the available ones).
     """
-    return CF_MODELS.create(name, **params)
+    cls = CF_MODELS.get(name)
+    return cls(**params)
 
 
 class Recommender(_IdPositions, ABC):

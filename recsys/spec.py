@@ -17,7 +17,7 @@ Examples
 --------
 >>> spec = PipelineSpec.from_dict({"cf": {"name": "als", "params": {"factors": 32}}})
 >>> spec.cf, spec.ranker.name, spec.version
-(ComponentSpec(name='als', params={'factors': 32}), 'style', 1)
+(ComponentSpec(name='als', params={'factors': 32}), 'blend', 1)
 >>> apply_overrides(spec.to_dict(), ["cf.params.factors=64"])["cf"]["params"]
 {'factors': 64}
 >>> PipelineSpec.from_dict({"cf": {"name": "als", "params": {"factors": "x"}}}).validate()
@@ -106,7 +106,7 @@ class PipelineSpec:
 
     ``sources`` and ``ranker`` are generic ``{name, params}`` entries so that new
     candidate sources and rankers fit without a schema change; this build's facade
-    has one ranker, ``style`` (:class:`~recsys.ranker.StyleRanker`, whose
+    has one ranker, ``blend`` (:class:`~recsys.ranker.StyleRanker`, whose
     ``taste_weight`` is the facade's ``blend``), and takes its candidates from the CF
     model and the taste index (``sources`` empty).
     """
@@ -116,7 +116,7 @@ class PipelineSpec:
     cf: ComponentSpec = field(default_factory=lambda: ComponentSpec("als"))
     sources: list[ComponentSpec] = field(default_factory=list)
     ranker: ComponentSpec = field(
-        default_factory=lambda: ComponentSpec("style", {"taste_weight": 0.5}))
+        default_factory=lambda: ComponentSpec("blend", {"taste_weight": 0.5}))
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
     taste: dict[str, Any] = field(default_factory=dict)
     styles: str | None = None
@@ -163,8 +163,8 @@ class PipelineSpec:
         if self.sources:
             raise SpecError("sources: this StyleRecommender takes its candidates from the CF "
                             "model and the taste index; it has no named candidate sources")
-        if self.ranker.name != "style":
-            raise SpecError(f"ranker.name: unknown ranker {self.ranker.name!r}; available: style")
+        if self.ranker.name != "blend":
+            raise SpecError(f"ranker.name: unknown ranker {self.ranker.name!r}; available: blend")
         _check_params(StyleRanker, self.ranker.params, "ranker.params")
         _check_params(TasteModel, self.taste, "taste")
         if self.data.images is not None:  # the visual stages are built only with images
@@ -410,7 +410,7 @@ def spec_of(model: Any) -> PipelineSpec:
     return dataclasses.replace(
         base,
         cf=ComponentSpec(model.cf_model, dict(model.cf_params or {})),
-        ranker=ComponentSpec("style", {"taste_weight": model.blend,
+        ranker=ComponentSpec("blend", {"taste_weight": model.blend,
                                        **(model.ranker_params or {})}),
         encoder=EncoderSpec(name, params,
                             None if model.cache_dir is None else str(model.cache_dir),

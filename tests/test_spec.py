@@ -45,7 +45,7 @@ def test_the_demo_spec_round_trips_through_json():
     ({"cf": {"name": "als", "params": {"factorz": 3}}},
      "cf.params.factorz: unknown parameter; known: factors"),
     ({"cf": {"params": {}}}, "cf.name: required"),
-    ({"ranker": {"name": "style", "params": {"taste_weight": "high"}}},
+    ({"ranker": {"name": "blend", "params": {"taste_weight": "high"}}},
      "ranker.params.taste_weight: expected float, got 'high'"),
     ({"ranker": {"name": "lightgbm"}}, "ranker.name: unknown ranker 'lightgbm'"),
     ({"sources": [{"name": "repurchase"}]}, "sources: this StyleRecommender"),
