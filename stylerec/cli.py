@@ -30,7 +30,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that say how to read an interaction log."""
     group = parser.add_argument_group("interaction log")
     group.add_argument("--interactions", type=Path,
-                       help="CSV/TSV/Parquet log; H&M transactions.csv and MovieLens u.data "
+                       help="CSV/TSV/Parquet log (required unless --config gives "
+                            "data.interactions); H&M transactions.csv and MovieLens u.data "
                             "are recognised without column options")
     group.add_argument("--user-col", help="column with user ids")
     group.add_argument("--item-col", help="column with item ids")
