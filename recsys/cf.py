@@ -39,7 +39,7 @@ from recsys.interactions import Interactions, _IdPositions, _lookup
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-CF_MODELS: Registry[Recommender] = Registry("CF model", "stylerec.models")
+CF_MODELS: Registry[Recommender] = Registry("model", "stylerec.models")
 
 
 def register_model(name: str) -> Callable[[type[Recommender]], type[Recommender]]:

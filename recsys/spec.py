@@ -159,7 +159,7 @@ class PipelineSpec:
         from recsys.ranker import StyleRanker
         from recsys.taste import TasteModel
 
-        _check_component(self.cf, "cf", CF_MODELS.get, "CF model")
+        _check_component(self.cf, "cf", CF_MODELS.get)
         if self.sources:
             raise SpecError("sources: this StyleRecommender takes its candidates from the CF "
                             "model and the taste index; it has no named candidate sources")
@@ -170,12 +170,12 @@ class PipelineSpec:
         if self.data.images is not None:  # the visual stages are built only with images
             from recsys.encoders import ENCODERS
 
-            _check_component(self.encoder, "encoder", ENCODERS.get, "encoder")
+            _check_component(self.encoder, "encoder", ENCODERS.get)
         if self.styler is not None:
             from stylers.protection import ProtectedStyler
             from stylers.registry import STYLERS
 
-            _check_component(self.styler, "styler", STYLERS.get, "styler")
+            _check_component(self.styler, "styler", STYLERS.get)
             if self.renderer.protect is not None:
                 _check_params(ProtectedStyler, self.renderer.protect, "renderer.protect",
                               skip=("styler",))
@@ -334,8 +334,7 @@ def _signature_owner(factory: Callable[..., Any]) -> Callable[..., Any]:
     return factory
 
 
-def _check_component(spec: ComponentSpec, path: str, lookup: Callable[[str], Any],
-                     kind: str) -> None:
+def _check_component(spec: ComponentSpec, path: str, lookup: Callable[[str], Any]) -> None:
     try:
         factory = lookup(spec.name)
     except LookupError as err:

@@ -125,7 +125,7 @@ def test_input_checks(blocks):
         model.recommend("u0")
     with pytest.raises(ValueError, match="k must be"):
         model.recommend(["u0"], k=0)
-    with pytest.raises(ValueError, match="unknown CF model 'svd'"):
+    with pytest.raises(ValueError, match="unknown model 'svd'"):
         create_model("svd")
 
 

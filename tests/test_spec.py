@@ -41,7 +41,7 @@ def test_the_demo_spec_round_trips_through_json():
 @pytest.mark.parametrize(("data", "message"), [
     ({"cf": {"name": "als", "params": {"factors": "x"}}},
      "cf.params.factors: expected int, got 'x'"),
-    ({"cf": {"name": "svd"}}, "cf.name: unknown CF model 'svd'; available: als"),
+    ({"cf": {"name": "svd"}}, "cf.name: unknown model 'svd'; available: als"),
     ({"cf": {"name": "als", "params": {"factorz": 3}}},
      "cf.params.factorz: unknown parameter; known: factors"),
     ({"cf": {"params": {}}}, "cf.name: required"),
