@@ -69,6 +69,12 @@ class DataSpec:
     value_col: str | None = None
     weighting: str = "count"
     half_life_days: float | None = None
+    time_unit: str | None = None
+    date_format: str | None = None
+    sep: str | None = None
+    header: bool = True
+    columns: list[str] | None = None
+    encoding: str | None = None
     images: str | None = None
     item_groups: str | None = None
     group_columns: list[str] = field(default_factory=lambda: ["article_id", "product_code"])
@@ -461,23 +467,31 @@ def fit_pipeline(spec: PipelineSpec, renderer: Any = None) -> Any:
     SpecError
         When ``data.interactions`` is not set.
     """
-    from recsys.interactions import load_interactions
+    from recsys.interactions import Interactions, load_interactions
 
     data = spec.validate().data
     if data.interactions is None:
         raise SpecError("data.interactions: required to fit")
-    interactions = load_interactions(
-        data.interactions, data.user_col, data.item_col, data.time_col, data.value_col,
-        weighting=data.weighting, half_life_days=data.half_life_days)
+    if data.images is None and spec.styles is not None:
+        raise SpecError("styles: needs data.images (the full pipeline)")
+
+    def load() -> Interactions:  # after everything that can be checked without the data
+        return load_interactions(
+            data.interactions, data.user_col, data.item_col, data.time_col, data.value_col,
+            weighting=data.weighting, half_life_days=data.half_life_days,
+            time_unit=data.time_unit, date_format=data.date_format, sep=data.sep,
+            header=data.header, columns=data.columns, encoding=data.encoding)
+
     if data.images is None:
         from recsys.cf import create_model
 
-        return create_model(spec.cf.name, **spec.cf.params).fit(interactions)
+        return create_model(spec.cf.name, **spec.cf.params).fit(load())
     from recsys.catalog import Catalog
     from recsys.recommender import StyleRecommender
 
+    catalog = Catalog.from_directory(data.images)
+    styles = None if spec.styles is None else Catalog.from_directory(spec.styles)
     groups = (None if data.item_groups is None
               else read_item_groups(data.item_groups, data.group_columns))
     model = StyleRecommender.from_params(spec, renderer=renderer)
-    return model.fit(interactions, Catalog.from_directory(data.images), spec.styles,
-                     item_groups=groups)
+    return model.fit(load(), catalog, styles, item_groups=groups)

@@ -34,6 +34,8 @@ FIT_FLAGS = {
     "interactions": "data.interactions", "user_col": "data.user_col",
     "item_col": "data.item_col", "time_col": "data.time_col", "value_col": "data.value_col",
     "weighting": "data.weighting", "half_life_days": "data.half_life_days",
+    "time_unit": "data.time_unit", "date_format": "data.date_format", "sep": "data.sep",
+    "columns": "data.columns", "encoding": "data.encoding",
     "images": "data.images", "styles": "styles", "model": "cf.name",
     "encoder": "encoder.name", "cache_dir": "encoder.cache_dir",
     "blend": "ranker.params.taste_weight",
@@ -84,4 +86,6 @@ def spec_from_args(args: argparse.Namespace, defaults: dict[str, str] | None = N
         data = {}
         base = [f"{key}={value}" for key, value in (defaults or {}).items()]
     overrides = base + flag_overrides(args, FIT_FLAGS) + list(args.overrides)
+    if getattr(args, "header", True) is False:  # --no-header
+        overrides.insert(len(base), "data.header=false")
     return PipelineSpec.from_dict(apply_overrides(with_defaults(data), overrides)).validate()
