@@ -197,16 +197,9 @@ class StyleSlates:
             return {item: item[:self.group_prefix] for item in item_ids}
         if self.groups is None:
             return None
-        import pandas as pd
+        from recsys.spec import read_item_groups
 
-        item_col, group_col = self.group_columns
-        try:
-            frame = pd.read_csv(self.groups, dtype=str, usecols=[item_col, group_col])
-        except ValueError as err:
-            raise ValueError(f"{self.groups}: needs columns {item_col!r} and {group_col!r} "
-                             f"({err})") from None
-        frame = frame.dropna()
-        return dict(zip(frame[item_col], frame[group_col], strict=True))
+        return read_item_groups(self.groups, self.group_columns)
 
     def recommend(
         self, user_ids: Sequence[str], k: int = 10, filter_seen: bool = True
@@ -231,6 +224,34 @@ def taste_only(images: str | Path, **options: Any) -> StyleSlates:
     nearest to the user's taste compete (cold items included)."""
     ranker = {"n_cf_candidates": 0, **options.pop("ranker_params", {})}
     return StyleSlates(images, **{"blend": 1.0, **options}, ranker_params=ranker)
+
+
+def from_pipeline(pipeline: str | Path, **overrides: Any) -> StyleSlates:
+    """The recommender a pipeline spec file describes (:mod:`recsys.spec`), evaluated
+    on the runner's split (the spec's ``data.interactions`` is not read).
+
+    ``overrides`` are dotted spec keys, e.g. ``{"ranker.params.taste_weight": 0.25}``
+    (what a tuning grid varies).
+
+    Examples
+    --------
+    A config entry::
+
+        {"name": "demo pipeline", "model": "pipeline",
+         "params": {"pipeline": "configs/demo.json", "encoder.cache_dir": "cache/embeddings"},
+         "tune": {"grid": {"ranker.params.taste_weight": [0.25, 0.5, 0.75]}}}
+    """
+    import json
+
+    from recsys.spec import load_spec, recommender_arguments
+
+    spec = load_spec(pipeline, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+    if spec.data.images is None:
+        raise ValueError(f"{pipeline}: data.images is needed to evaluate a pipeline")
+    options = recommender_arguments(spec)
+    return StyleSlates(spec.data.images, blend=options.pop("blend"),
+                       groups=spec.data.item_groups, group_columns=spec.data.group_columns,
+                       **options)
 
 
 @lru_cache(maxsize=2)

@@ -41,7 +41,9 @@ protocol, k, metrics
     defaults to the split's ``rating_threshold``.
 models
     ``name`` (label), ``model`` (a ``recsys.cf`` model name, a name added with
-    :func:`register_model_builder`, or ``"package.module:factory"``), ``params``,
+    :func:`register_model_builder`, ``"pipeline"`` with ``params.pipeline`` the path
+    of a pipeline spec (:mod:`recsys.spec`; other params are dotted spec overrides),
+    or ``"package.module:factory"``), ``params``,
     optional ``weighting`` (refit on ``train.reweight(weighting)``), ``tune``
     (``grid``, ``metric``, ``validation``: grid search on a validation split of
     the training data; ``validation`` defaults to the test split's method and
@@ -107,7 +109,8 @@ MODEL_BUILDERS: dict[str, ModelBuilder] = {}
 # visual recommenders, imported only when a config names them
 BUILTIN_FACTORIES = {"taste": "evaluation.adapters:taste_only",
                      "blend": "evaluation.adapters:StyleSlates",
-                     "sources": "evaluation.adapters:SourceSlates"}
+                     "sources": "evaluation.adapters:SourceSlates",
+                     "pipeline": "evaluation.adapters:from_pipeline"}
 PROTOCOL_KEYS = ("relevance_threshold", "exclude_train", "candidate_items", "map_normalization",
                  "position_model", "p_relevant", "p_irrelevant", "batch_size")
 
@@ -140,11 +143,11 @@ def build_model(kind: str, params: Mapping[str, Any]) -> Any:
         except (ImportError, AttributeError) as err:
             raise ValueError(f"cannot import model factory {kind!r}: {err}") from None
         return factory(**params)
-    from recsys.cf import MODELS, create_model
+    from recsys.cf import CF_MODELS
 
-    if kind in MODELS:
-        return create_model(kind, **params)
-    known = sorted(MODELS) + sorted(MODEL_BUILDERS) + sorted(BUILTIN_FACTORIES)
+    if kind in CF_MODELS:
+        return CF_MODELS.create(kind, **params)
+    known = CF_MODELS.names() + sorted(MODEL_BUILDERS) + sorted(BUILTIN_FACTORIES)
     raise ValueError(f"unknown model {kind!r}; available: {known} or 'package.module:factory'")
 
 

@@ -22,8 +22,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
 
 
-class UnknownNameError(LookupError):
-    """No factory is registered under the requested name; the message lists the known ones."""
+class UnknownNameError(LookupError, ValueError):
+    """No factory is registered under the requested name; the message lists the known ones.
+
+    A ``LookupError``; also a ``ValueError`` (a bad name is a bad argument value), so
+    callers written against the old per-registry errors keep working.
+    """
 
 
 class Registry(Generic[T]):
@@ -108,8 +112,8 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}"
             )
         factory = ep.load()
-        if isinstance(factory, type) and not isinstance(getattr(factory, "name", None), str):
-            factory.name = name
+        if isinstance(factory, type) and "name" not in vars(factory):
+            factory.name = name  # not the "base" name inherited from a base class
         return self._factories.setdefault(name, factory)
 
     def create(self, name: str, **params: Any) -> T:

@@ -4,7 +4,7 @@ Heavy dependencies (torch, faiss, open_clip) load only when their modules are us
 """
 
 from recsys.catalog import Catalog
-from recsys.cf import MODELS, Recommender, create_model, register_model
+from recsys.cf import CF_MODELS, Recommender, create_model, register_model
 from recsys.interactions import Interactions, load_interactions
 
 _LAZY = {  # name -> module; imported on first use (torch, faiss)
@@ -32,7 +32,7 @@ __all__ = [
     "StyleRecommender",
     "create_encoder",
     "Interactions",
-    "MODELS",
+    "CF_MODELS",
     "Recommender",
     "create_model",
     "load_interactions",

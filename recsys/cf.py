@@ -42,34 +42,37 @@ from ground.files import (
     saved_directory,
     unpack_strings,
 )
+from ground.registry import Registry
 from recsys.interactions import MAX_ID_LENGTH, Interactions, _IdPositions, _lookup
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: ids packed as UTF-8 (1: fixed-width unicode arrays)
-MODELS: dict[str, type[Recommender]] = {}
+CF_MODELS: Registry[Recommender] = Registry("model", "stylerec.models")
 # finding the loaded thread pools reads /proc (~10 ms): once, not on every fold-in request
 _THREADPOOLS = ThreadpoolController()
 
 
 def register_model(name: str) -> Callable[[type[Recommender]], type[Recommender]]:
-    """Class decorator adding a model to the registry used by :func:`create_model`."""
-
-    def add(cls: type[Recommender]) -> type[Recommender]:
-        cls.name = name
-        MODELS[name] = cls
-        return cls
-
-    return add
+    """Class decorator adding a model to :data:`CF_MODELS`, the registry behind
+    :func:`create_model`; third-party packages use the entry-point group
+    ``stylerec.models`` instead."""
+    return CF_MODELS.register(name)
 
 
 def create_model(name: str, **params: Any) -> Recommender:
     """Instantiate a registered CF model by name (``popularity``, ``als``, ``bpr``,
-    ``bpr-uniform``, ``lmf``, ``itemknn``) with its hyperparameters."""
-    try:
-        cls = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; available: {sorted(MODELS)}") from None
+    ``bpr-uniform``, ``lmf``, ``itemknn``, or an installed plugin's) with its
+    hyperparameters, checked.
+
+    Raises
+    ------
+    ground.registry.UnknownNameError
+        When no model has that name (the message lists the available ones).
+    ValueError
+        On a parameter the model does not take, or a value of the wrong type or range.
+    """
+    cls = CF_MODELS.get(name)
     accepted = inspect.signature(cls.__init__).parameters
     unknown = sorted(set(params) - set(accepted) - {"self"})
     if unknown:
@@ -91,12 +94,18 @@ class Recommender(_IdPositions, ABC):
     _array_names: ClassVar[tuple[str, ...]] = ()
     _folds_in: ClassVar[bool] = True  # scores of a new user come from their history
 
-    def get_params(self) -> dict[str, Any]:
+    @property
+    def params(self) -> dict[str, Any]:
+        """Constructor parameters (JSON-serialisable): what :func:`create_model` needs."""
         return {k: v for k, v in vars(self).items() if not k.endswith("_") and not
                 k.startswith("_")}
 
+    def identity(self) -> dict[str, Any]:
+        """``{"name", "params"}``: the model's registry name and its parameters."""
+        return {"name": self.name, "params": self.params}
+
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
 
     # parameters that must be >= 1 (an untrained or empty model otherwise)
@@ -316,7 +325,7 @@ class Recommender(_IdPositions, ABC):
             "ui_data": ui.data, "ui_indices": ui.indices, "ui_indptr": ui.indptr,
             **{name: np.asarray(getattr(self, name)) for name in self._array_names},
         }
-        meta = {"format": FORMAT_VERSION, "model": self.name, "params": self.get_params()}
+        meta = {"format": FORMAT_VERSION, "model": self.name, "params": self.params}
         with atomic_directory(path, "model.json") as tmp:
             np.savez(tmp / "arrays.npz", **arrays)
             (tmp / "model.json").write_text(json.dumps(meta, indent=2))

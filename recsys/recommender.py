@@ -274,6 +274,26 @@ class StyleRecommender:
         self.ranker = ranker
         self.learned_params = learned_params
 
+    def get_params(self) -> dict[str, Any]:
+        """This pipeline as a :class:`~recsys.spec.PipelineSpec` dictionary (JSON-ready)."""
+        from recsys.spec import spec_of
+
+        return spec_of(self).to_dict()
+
+    @classmethod
+    def from_params(cls, params: Any, renderer: Any = None) -> StyleRecommender:
+        """An unfitted recommender from a :class:`~recsys.spec.PipelineSpec` (or its
+        dictionary), validated; its renderer is built from the spec's ``styler`` and
+        ``renderer`` sections unless ``renderer`` is given."""
+        from recsys.spec import PipelineSpec, build_renderer, recommender_arguments
+
+        spec = params if isinstance(params, PipelineSpec) else PipelineSpec.from_dict(params)
+        spec.validate()
+        model = cls(**recommender_arguments(spec),
+                    renderer=renderer if renderer is not None else build_renderer(spec))
+        model._spec = spec
+        return model
+
     # -- fitting --------------------------------------------------------------
 
     def fit(
@@ -649,7 +669,7 @@ class StyleRecommender:
             meta = {"format": FORMAT_VERSION, "params": params, "encoder_id": self.encoder_id_,
                     "style_paths": self.style_paths_, "item_paths": self.item_paths_,
                     "image_roots": self.image_roots_, "image_digests": self.image_digests_,
-                    "failures": self.failures_}
+                    "failures": self.failures_, "spec": self.get_params()}
             write_bytes_atomic(tmp / "recommender.json", json.dumps(meta, indent=2).encode())
         return Path(path)
 
@@ -670,6 +690,10 @@ class StyleRecommender:
         model.failures_ = meta["failures"]
         model.image_roots_ = meta.get("image_roots", {})
         model.image_digests_ = meta.get("image_digests", {})
+        if "spec" in meta:  # models saved before the pipeline spec have none
+            from recsys.spec import PipelineSpec
+
+            model._spec = PipelineSpec.from_dict(meta["spec"])
         model.cf_ = Recommender.load(path / "cf")
         try:
             model.taste_ = TasteModel.load(path / "taste")

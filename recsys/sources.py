@@ -362,7 +362,7 @@ class CFSource(CandidateSource):
     Parameters
     ----------
     model : str
-        A name from :data:`recsys.cf.MODELS` (``"als"``, ``"itemknn"``, ``"popularity"``...).
+        A name from :data:`recsys.cf.CF_MODELS` (``"als"``, ``"itemknn"``, ``"popularity"``...).
     params : dict, optional
         The model's hyperparameters.
     """

@@ -28,9 +28,10 @@ import time
 import numpy as np
 import torch
 
+from evaluation.bench_encoder import benchmark_encoder
 from recsys.catalog import Catalog
 from recsys.embedding_store import EmbeddingStore
-from recsys.encoders import available_encoders, benchmark_encoder, create_encoder
+from recsys.encoders import available_encoders, create_encoder
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,15 +14,15 @@ import numpy as np
 
 from evaluation.bench import add_bench_parser
 from ground.files import check_replaceable, saved_directory
-from recsys.catalog import Catalog
-from recsys.cf import MODELS, Recommender, create_model
-from recsys.interactions import TIME_UNITS, WEIGHTINGS, load_interactions
+from recsys.cf import CF_MODELS, Recommender
+from recsys.interactions import TIME_UNITS, WEIGHTINGS
+from recsys.spec import fit_pipeline
 from stylerec.batch import add_batch_parsers
 from stylerec.evaluate_cli import add_evaluate_parser
+from stylerec.pipeline_args import add_spec_arguments, spec_from_args
 from stylerec.render_cli import (
     add_render_parser,
     add_styler_arguments,
-    parse_params,
     renderer_from_args,
     write_slates_page,
 )
@@ -45,8 +45,9 @@ class _Parser(argparse.ArgumentParser):
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that say how to read an interaction log."""
     group = parser.add_argument_group("interaction log")
-    group.add_argument("--interactions", type=Path, required=True,
-                       help="CSV/TSV/Parquet log; H&M transactions.csv and MovieLens u.data "
+    group.add_argument("--interactions", type=Path,
+                       help="CSV/TSV/Parquet log (required unless --config gives "
+                            "data.interactions); H&M transactions.csv and MovieLens u.data "
                             "are recognised without column options")
     group.add_argument("--user-col", help="column with user ids (recognised when named "
                        "user_id, user, customer_id, ...)")
@@ -64,47 +65,26 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                        metavar="NAME,NAME,...",
                        help="names of the file's columns, in order (e.g. user,item,plays)")
     group.add_argument("--encoding", help="text encoding (default: UTF-8, else Latin-1)")
-    group.add_argument("--weighting", choices=WEIGHTINGS, default="count",
+    group.add_argument("--weighting", choices=WEIGHTINGS,
                        help="how interactions become confidence weights (default: count; "
                             "log1p or bm25 for heavy-tailed counts such as plays)")
     group.add_argument("--half-life-days", type=float,
                        help="half-life for --weighting recency")
 
 
-def load_from_args(args: argparse.Namespace):
-    return load_interactions(
-        args.interactions, args.user_col, args.item_col, args.time_col, args.value_col,
-        weighting=args.weighting, half_life_days=args.half_life_days,
-        time_unit=args.time_unit, date_format=args.date_format, sep=args.sep,
-        header=args.header, columns=args.columns, encoding=args.encoding,
-    )
-
-
 def cmd_fit(args: argparse.Namespace) -> int:
-    # everything that can be checked is checked before the data is read or an image encoded
-    check_replaceable(args.out, "model.json" if args.images is None else "recommender.json")
-    cf_params = parse_params(args.param)
-    model = create_model(args.model, **cf_params)
-    if args.images is None:
-        if args.styles is not None:
-            raise ValueError("--styles needs --images (the full pipeline)")
-        data = load_from_args(args)
-        path = model.fit(data).save(args.out)
-        print(f"fitted {model!r} on {data}; saved to {path}")
+    spec = spec_from_args(args, {"encoder.cache_dir": '"out/cache/embeddings"'})
+    # checked before the data is read or an image encoded
+    check_replaceable(args.out, "model.json" if spec.data.images is None else "recommender.json")
+    model = fit_pipeline(spec)
+    path = model.save(args.out)
+    if spec.data.images is None:
+        print(f"fitted {model!r} on {spec.data.interactions}; saved to {path}")
         return 0
-    catalog = Catalog.from_directory(args.images)
-    styles = None if args.styles is None else Catalog.from_directory(args.styles)
-    data = load_from_args(args)
-    from recsys.recommender import StyleRecommender  # torch and faiss: only when needed
-
-    pipeline = StyleRecommender(
-        args.model, cf_params, encoder=args.encoder, cache_dir=args.cache_dir,
-        blend=args.blend,
-    ).fit(data, catalog, styles)
-    path = pipeline.save(args.out)
-    print(f"fitted StyleRecommender ({args.model} ⊕ {pipeline.encoder_id_} taste, "
-          f"{len(pipeline.ranker_.item_ids_)} rankable items, {len(pipeline.style_paths_)} "
-          f"styles, {len(pipeline.failures_)} images failed) on {data}; saved to {path}")
+    print(f"fitted StyleRecommender ({spec.cf.name} ⊕ {model.encoder_id_} taste, "
+          f"{len(model.ranker_.item_ids_)} rankable items, {len(model.style_paths_)} "
+          f"styles, {len(model.failures_)} images failed) on {spec.data.interactions}; "
+          f"saved to {path}")
     return 0
 
 
@@ -153,9 +133,10 @@ def _recommend_slates(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from stylerec.demo import run_demo
+    from stylerec.demo import DEMO_SPEC, run_demo  # torch and faiss: only when needed
 
-    run_demo(args.data, args.out, n_customers=args.customers, k=args.k, seed=args.seed)
+    run_demo(args.data, args.out, n_customers=args.customers, k=args.k, seed=args.seed,
+             config=args.config or DEMO_SPEC, overrides=args.overrides)
     return 0
 
 
@@ -176,20 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
                                      "ranker) as a StyleRecommender. Without: fit the CF model "
                                      "alone. Saved as JSON + npz/FAISS files, no pickle.")
     add_data_arguments(fit)
-    fit.add_argument("--model", choices=sorted(MODELS), default="als",
-                     help="CF model (default: als)")
+    fit.add_argument("--model",
+                     help=f"CF model (default: als; built-in or installed: "
+                          f"{', '.join(CF_MODELS.names())})")
     fit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                      help="CF hyperparameter, repeatable (e.g. --param factors=64)")
     visual = fit.add_argument_group("visual taste (the full pipeline)")
     visual.add_argument("--images", type=Path,
                         help="catalog image folder: <root>/**/<item id>.<jpg|png|...>")
     visual.add_argument("--styles", type=Path, help="folder of style reference images")
-    visual.add_argument("--encoder", default="efficientnet-lite0",
+    visual.add_argument("--encoder",
                         help="image encoder (default: efficientnet-lite0, offline weights)")
-    visual.add_argument("--cache-dir", type=Path, default=Path("out/cache/embeddings"),
+    visual.add_argument("--cache-dir", type=Path,
                         help="embedding store (default: out/cache/embeddings)")
-    visual.add_argument("--blend", type=float, default=0.5,
+    visual.add_argument("--blend", type=float,
                         help="weight of taste in the final score, 0..1 (default: 0.5)")
+    add_spec_arguments(fit)
     fit.add_argument("--out", type=Path, required=True, help="directory to save the model to")
     fit.set_defaults(func=cmd_fit)
 
@@ -216,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--customers", type=int, default=3)
     demo.add_argument("-k", type=int, default=10)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--config", type=Path,
+                      help="pipeline spec (default: configs/demo.json)")
+    demo.add_argument("--set", dest="overrides", action="append", default=[],
+                      metavar="KEY.PATH=VALUE", help="set a spec key, repeatable")
     demo.set_defaults(func=cmd_demo)
 
     add_render_parser(sub)

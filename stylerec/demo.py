@@ -1,19 +1,22 @@
 """The end-to-end demo behind ``make demo``: every stage on the bundled ``data/``.
 
-Fits a :class:`~recsys.recommender.StyleRecommender` (ALS ⊕ EfficientNet-Lite0
-taste, the six style references), prints a few customers' slates with their
-matched style, renders each recommended product in that style with the
-protected ``arbitrary`` styler, and writes ``index.html``: per customer what
-they bought, the matched style, and the recommendations beside their renders.
-Embeddings and renders are cached under ``out_dir``, so a second run is quick.
+Fits the :class:`~recsys.recommender.StyleRecommender` that ``configs/demo.json``
+describes (a pipeline spec, :mod:`recsys.spec`: ALS ⊕ EfficientNet-Lite0 taste, the
+six style references, the protected ``arbitrary`` styler), prints a few customers'
+slates with their matched style, renders each recommended product in that style, and
+writes ``index.html``: per customer what they bought, the matched style, and the
+recommendations beside their renders. Embeddings and renders are cached under
+``out_dir``, so a second run is quick.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,30 +25,36 @@ import pandas as pd
 from ground.files import write_bytes_atomic
 from recsys.catalog import Catalog
 from recsys.interactions import load_interactions
-from recsys.recommender import Slate, StyleRecommender
+from recsys.recommender import Slate
+from recsys.spec import fit_pipeline, load_spec
 
 log = logging.getLogger(__name__)
 
+DEMO_SPEC = Path(__file__).resolve().parents[1] / "configs" / "demo.json"
+
 
 def run_demo(data_dir: Path, out_dir: Path, n_customers: int = 3, k: int = 10,
-             seed: int = 0, styler: str = "arbitrary", device: str = "auto",
-             render_side: int = 384) -> Path:
-    """Fit every stage on ``data_dir``, show slates for a few customers, write HTML.
+             seed: int = 0, config: Path = DEMO_SPEC, overrides: Sequence[str] = ()) -> Path:
+    """Fit the pipeline of ``config`` on ``data_dir``, show slates for a few customers,
+    write HTML.
 
     Parameters
     ----------
     data_dir : Path
-        Folder with ``transactions.csv``, ``articles.csv``, ``images/``, ``styles/``.
+        Folder with ``transactions.csv``, ``articles.csv``, ``images/``, ``styles/``
+        (replaces the spec's data paths).
     out_dir : Path
-        Where the page, the fitted model and the caches go.
+        Where the page, the fitted model and the caches go (replaces the spec's
+        cache folders).
     n_customers, k : int
         Customers shown (drawn with ``seed``) and slate length.
-    styler : str
-        Registered styler for the renders; ``"none"`` skips rendering.
-    device : str
-        Render device (``"auto"``: CUDA when present).
-    render_side : int
-        Longer side of the renders.
+    seed : int
+        Draws the customers; also the CF model's ``random_state``.
+    config : Path
+        Pipeline spec (default ``configs/demo.json``); without a ``styler`` the demo
+        does not render.
+    overrides : sequence of str
+        ``key.path=value`` settings applied last (``stylerec demo --set``).
 
     Returns
     -------
@@ -53,17 +62,19 @@ def run_demo(data_dir: Path, out_dir: Path, n_customers: int = 3, k: int = 10,
         The HTML page.
     """
     start = time.perf_counter()
-    data = load_interactions(data_dir / "transactions.csv")
-    catalog = Catalog.from_directory(data_dir / "images")
+    spec = load_spec(config, [
+        f"data.interactions={json.dumps(str(data_dir / 'transactions.csv'))}",
+        f"data.images={json.dumps(str(data_dir / 'images'))}",
+        f"data.item_groups={json.dumps(str(data_dir / 'articles.csv'))}",
+        f"styles={json.dumps(str(data_dir / 'styles'))}",
+        f"encoder.cache_dir={json.dumps(str(out_dir / 'cache' / 'embeddings'))}",
+        f"renderer.cache_dir={json.dumps(str(out_dir / 'renders'))}",
+        f"cf.params.random_state={seed}", *overrides])
+    data = load_interactions(spec.data.interactions)
+    catalog = Catalog.from_directory(spec.data.images)
     articles = _articles(data_dir / "articles.csv")
-    renderer = None if styler == "none" else _renderer(styler, out_dir / "renders", device,
-                                                        render_side)
-    model = StyleRecommender(
-        "als", {"factors": 64, "iterations": 15, "random_state": seed},
-        cache_dir=out_dir / "cache" / "embeddings", blend=0.5,
-        ranker_params={"group_weight": 0.5}, renderer=renderer,
-    ).fit(data, catalog, data_dir / "styles",
-          item_groups=articles["product_code"].to_dict())
+    model = fit_pipeline(spec)
+    renderer = model.renderer
     model.save(out_dir / "model")
     print(f"fitted {len(model.ranker_.item_ids_)} items, {data.n_users} customers, "
           f"{len(model.style_paths_)} styles in {time.perf_counter() - start:.1f}s "
@@ -80,23 +91,17 @@ def run_demo(data_dir: Path, out_dir: Path, n_customers: int = 3, k: int = 10,
         sections.append(_section(slate, bought, catalog, articles, out_dir))
 
     page = out_dir / "index.html"
+    styler = "none" if spec.styler is None else spec.styler.name
+    protected = ", product protected" if spec.renderer.protect is not None else ""
     intro = (f"<p>{data.n_users} customers, {data.n_items} articles, "
-             f"{len(model.style_paths_)} style references. Scores: z-scored ALS ⊕ "
-             f"EfficientNet-Lite0 taste (weight {model.blend}); renders: "
-             f"{html.escape(styler)}, product protected.</p>")
+             f"{len(model.style_paths_)} style references. Scores: z-scored "
+             f"{html.escape(spec.cf.name)} ⊕ {html.escape(spec.encoder.name)} taste "
+             f"(weight {model.blend}); renders: {html.escape(styler)}{protected}.</p>")
     write_bytes_atomic(page, _page("stylerec demo", intro + "".join(sections)).encode())
     if renderer is not None:
         print(f"\nrenders: {renderer.stats}")
     print(f"wrote {page} ({time.perf_counter() - start:.1f}s in all)")
     return page
-
-
-def _renderer(styler: str, cache_dir: Path, device: str, side: int):
-    from stylers import ProtectedStyler, Renderer, create_styler
-
-    protected = ProtectedStyler(create_styler(styler), product_strength=0.3)
-    return Renderer(protected, cache_dir, device=device, max_side=side, style_side=256,
-                    image_format="jpg")
 
 
 def _articles(path: Path) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from typing import Any
 
 from .registry import (
     ENTRY_POINT_GROUP,
+    STYLERS,
     UnknownStylerError,
     available_stylers,
     create_styler,
@@ -39,6 +40,7 @@ _LAZY = {
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "STYLERS",
     "UnknownStylerError",
     "available_stylers",
     "create_styler",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -49,3 +50,15 @@ def weights_dir(shared: Path) -> Path:
 def demo_dir() -> Path:
     """The small demo data set committed to the repo under ``data/``."""
     return REPO / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    """Name of a tiny OpenCLIP architecture registered with open_clip (random weights only)."""
+    import open_clip
+    from doubles import TINY_CLIP
+
+    path = tmp_path_factory.mktemp("clipcfg") / "stylerec-tiny-test.json"
+    path.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(path)
+    return "stylerec-tiny-test"

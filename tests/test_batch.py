@@ -44,12 +44,11 @@ class CountingEncoder(ImageEncoder):
     def __init__(self, log: str, fail_at: int | None = None, **kwargs):
         super().__init__(device="cpu", num_workers=1, **kwargs)
         self.log, self.fail_at = str(log), fail_at
+        self.weights_id_ = "none"
 
-    def config(self):
+    @property
+    def params(self):
         return {"size": 8}
-
-    def weights_id(self):
-        return "none"
 
     @property
     def dim(self):

@@ -89,7 +89,7 @@ def test_save_load_round_trip(blocks, name, tmp_path):
     np.testing.assert_array_equal(before[0], after[0])
     np.testing.assert_array_equal(before[1], after[1])
     np.testing.assert_array_equal(model.score(users), loaded.score(users))
-    assert loaded.get_params() == model.get_params()
+    assert loaded.identity() == model.identity()
     with np.load(tmp_path / name / "arrays.npz") as z:  # loads without allow_pickle
         assert all(z[key].dtype.kind in "iuf" for key in z.files)  # ids packed as bytes
 

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from stylerec.cli import main, parse_params
+from stylerec.cli import main
+from stylerec.render_cli import parse_params
 
 
 def test_fit_then_recommend_on_demo_data(demo_dir, tmp_path, capsys):

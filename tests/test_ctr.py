@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from doubles import ColourEncoder
 from PIL import Image
 
 from evaluation.ctr import (
@@ -80,42 +81,26 @@ def test_masked_image_fills_and_crops():
         masked_image(img, np.zeros((4, 6)))
 
 
-class MeanColourEncoder:
-    """A stand-in encoder: the mean RGB of each image, L2-normalised."""
-
-    encoder_id = "mean-colour(v=1)@none"
-
-    def encode(self, images):
-        out = []
-        for image in images:
-            if not isinstance(image, Image.Image):
-                with Image.open(image) as img:
-                    image = img.convert("RGB")
-            out.append(np.asarray(image, dtype=float).reshape(-1, 3).mean(axis=0))
-        out = np.asarray(out)
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-
 def test_render_scores_from_paths(tmp_path):
     def save(name, colour, box=None):
-        img = Image.new("RGB", (8, 8), colour)
+        img = Image.new("RGB", (32, 32), colour)
         if box is not None:
             img.paste((255, 0, 0), box)
         path = tmp_path / f"{name}.png"
         img.save(path)
         return path
 
-    original = save("orig", (250, 250, 250), box=(2, 2, 6, 6))  # red product on white
-    render = save("render", (0, 0, 250), box=(2, 2, 6, 6))  # same product, blue background
+    original = save("orig", (250, 250, 250), box=(8, 8, 24, 24))  # red product on white
+    render = save("render", (0, 0, 250), box=(8, 8, 24, 24))  # same product, blue background
     history = [save("h1", (0, 0, 200)), save("h2", (20, 20, 240))]  # a taste for blue
-    mask = np.zeros((8, 8), dtype=bool)
-    mask[2:6, 2:6] = True
-    enc = MeanColourEncoder()
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[8:24, 8:24] = True
+    enc = ColourEncoder()
     out = render_scores(enc, [render], [original], history_paths=[history], masks=[mask])
     assert out["lift"][0] > 0.3  # the blue render is closer to the blue taste
     assert out["fidelity"][0] == pytest.approx(1.0)  # the product region is untouched
     whole = render_scores(enc, [render], [original])
     assert whole["fidelity"][0] < 0.9 and "lift" not in whole
     with pytest.raises(ValueError, match="chose the styles"):
-        render_scores(enc, [render], [original], chooser="mean-colour(v=2)@other")
-    assert encoder_identity(enc) == "mean-colour(v=1)@none"
+        render_scores(enc, [render], [original], chooser="test-colour(grid=2)@other")
+    assert encoder_identity(enc) == "test-colour(grid=1)@none"

@@ -7,48 +7,14 @@ import logging
 
 import numpy as np
 import pytest
-import torch
+from doubles import ColourEncoder
 from PIL import Image
 
 from recsys.embedding_store import EmbeddingStore
-from recsys.encoders import ImageEncoder
-
-
-class ColourEncoder(ImageEncoder):
-    """Tiny deterministic encoder (mean colour of an 8x8 thumbnail) that counts its work."""
-
-    name = "test-colour"
-
-    def __init__(self, fail_after_batches: int | None = None, **kwargs):
-        super().__init__(device="cpu", num_workers=1, **kwargs)
-        self.fail_after_batches = fail_after_batches
-        self.encoded_ = 0
-        self.batches_ = 0
-
-    def config(self):
-        return {"size": 8}
-
-    def weights_id(self):
-        return "none"
-
-    @property
-    def dim(self):
-        return 4
-
-    def preprocess(self, image):
-        return torch.from_numpy(np.asarray(image.resize((8, 8)), np.float32).copy())
-
-    def forward(self, batch):
-        if self.fail_after_batches is not None and self.batches_ >= self.fail_after_batches:
-            raise RuntimeError("simulated crash")
-        self.batches_ += 1
-        self.encoded_ += len(batch)
-        mean = batch.mean((1, 2))
-        return torch.cat([mean, torch.ones(len(batch), 1)], 1)
 
 
 def _expected(colour):
-    v = np.array([*colour, 1.0], np.float32)
+    v = np.asarray(colour, np.float32) / 255.0 + 0.05
     return v / np.linalg.norm(v)
 
 
@@ -186,11 +152,7 @@ def test_read_only_by_encoder_id_and_encoder_separation(tmp_path, catalog):
     with pytest.raises(FileNotFoundError, match="no embeddings of encoder"):
         EmbeddingStore(tmp_path / "store", "some-other-encoder(x=1)@none")
 
-    class Other(ColourEncoder):
-        def config(self):
-            return {"size": 16}
-
-    other = EmbeddingStore(tmp_path / "store", Other())
+    other = EmbeddingStore(tmp_path / "store", ColourEncoder(grid=2))
     assert other.path_ != reader.path_ and len(other) == 0
 
 

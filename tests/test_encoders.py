@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
+from doubles import ColourEncoder
 from PIL import Image
 
+from evaluation.bench_encoder import benchmark_encoder
 from ground.images import ImageLoadError
+from ground.registry import UnknownNameError
 from recsys.encoders import (
     EfficientNetLite0Encoder,
     ImageEncoder,
     MissingWeightsError,
     OpenCLIPEncoder,
     available_encoders,
-    benchmark_encoder,
     create_encoder,
     register_encoder,
 )
@@ -57,7 +57,7 @@ def test_registry_lists_and_builds_presets(lite_style):
     assert {"efficientnet-lite0", "efficientnet-lite0-style", "openclip",
             "magenta-style"} <= set(available_encoders())
     assert lite_style.style_blocks == (0, 2, 4, 7) and lite_style.dim == 1600
-    with pytest.raises(KeyError, match="unknown encoder 'nope'.*efficientnet-lite0"):
+    with pytest.raises(UnknownNameError, match="unknown encoder 'nope'.*efficientnet-lite0"):
         create_encoder("nope")
     with pytest.raises(ValueError, match="already registered"):
         register_encoder("efficientnet-lite0")(OpenCLIPEncoder)
@@ -68,7 +68,7 @@ def test_encoder_ids_name_model_weights_and_config(lite, lite_style):
     assert "style_blocks=[0,2,4,7],style_weight=3.0" in lite_style.encoder_id
     crop = create_encoder("efficientnet-lite0", device="cpu", fit="crop")
     assert len({lite.encoder_id, lite_style.encoder_id, crop.encoder_id}) == 3
-    assert lite.weights_id() == lite_style.weights_id()
+    assert lite.identity()["weights"] == lite_style.identity()["weights"]
 
 
 # --------------------------------------------------------------------------- EfficientNet
@@ -128,32 +128,12 @@ def test_pil_images_and_failures(lite, tmp_path):
         lite.encode([missing], progress=False)
 
 
-class _Mean(ImageEncoder):
-    name = "test-mean"
-
-    def config(self):
-        return {}
-
-    def weights_id(self):
-        return "none"
-
-    @property
-    def dim(self):
-        return 3
-
-    def preprocess(self, image):
-        return torch.from_numpy(np.asarray(image.resize((16, 16)), np.float32).copy())
-
-    def forward(self, batch):
-        return batch.mean((1, 2))
-
-
 def test_benchmark_reports_both_rates(tmp_path):
     paths = []
     for i in range(4):
         paths.append(tmp_path / f"{i}.jpg")
         Image.new("RGB", (24, 36), (i * 40, 90, 200)).save(paths[-1])
-    result = benchmark_encoder(_Mean(device="cpu"), paths, batch_size=2, rounds=2)
+    result = benchmark_encoder(ColourEncoder(), paths, batch_size=2, rounds=2)
     assert result["images"] == 4 and result["batch_size"] == 2
     assert result["bare_ips"] > 0 and result["pipeline_ips"] > 0
     assert result["ratio"] == pytest.approx(result["pipeline_ips"] / result["bare_ips"])
@@ -175,25 +155,6 @@ def test_cuda_matches_cpu(lite, tmp_path):
 
 
 # --------------------------------------------------------------------------- OpenCLIP
-
-TINY = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8,
-                   "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
-                 "layers": 1},
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    import open_clip
-
-    path = tmp_path_factory.mktemp("clipcfg") / "stylerec-tiny-test.json"
-    path.write_text(json.dumps(TINY))
-    open_clip.add_model_config(path)
-    return "stylerec-tiny-test"
-
 
 def test_openclip_refuses_silent_random_weights(tiny_clip, tmp_path):
     with pytest.raises(MissingWeightsError, match="checkpoint=<local file>.*allow_random=True"):

@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from doubles import ColourEncoder
 from PIL import Image
 
 from evaluation.protocol import Protocol, evaluate, relevance_sets
 from evaluation.runner import build_model, load_config, register_model_builder, run
 from evaluation.splits import temporal_user_split
-from recsys.encoders import ImageEncoder
 from recsys.interactions import Interactions
 from stylerec.evaluate_cli import add_evaluate_parser
 
@@ -296,31 +295,6 @@ def test_ml100k_msrec_protocol_against_published_bpr(ml100k_dir, tmp_path):
         assert got["bpr"][metric] > got["popularity"][metric]
 
 
-class MeanColourEncoder(ImageEncoder):
-    """Mean RGB of an image (3-d, no weights): enough to tell a red shop from a blue one."""
-
-    name = "test-mean-colour"
-
-    def __init__(self) -> None:
-        super().__init__(device="cpu", num_workers=0, channels_last=False)
-
-    def config(self) -> dict:
-        return {}
-
-    def weights_id(self) -> str:
-        return "none"
-
-    @property
-    def dim(self) -> int:
-        return 3
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(image.resize((2, 2)), dtype=np.float32) / 255.0)
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return batch.flatten(1, 2).mean(dim=1) + 0.05
-
-
 def test_visual_recommenders_plug_in_through_the_adapter(tmp_path):
     """Two colour groups; half of each group's items nobody buys in training."""
     colours = {"r": (220, 30, 30), "b": (30, 40, 220)}
@@ -337,7 +311,7 @@ def test_visual_recommenders_plug_in_through_the_adapter(tmp_path):
                                    time_col="t", item_ids=[f"{c}{j}" for c in "rb"
                                                            for j in range(8)])
     train, test = temporal_user_split(data, test_k=1, min_items=2)
-    params = {"images": tmp_path, "encoder": MeanColourEncoder(),
+    params = {"images": tmp_path, "encoder": ColourEncoder(),
               "cf_params": {"factors": 2, "iterations": 2, "num_threads": 1}}
     protocol = Protocol(ks=(4,), metrics=("recall", "hit_rate"))
     taste = build_model("taste", dict(params)).fit(train)

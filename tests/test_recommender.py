@@ -9,41 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from doubles import ColourEncoder
 from PIL import Image
 
 from recsys.catalog import Catalog
-from recsys.encoders import ImageEncoder
 from recsys.interactions import Interactions
 from recsys.recommender import Slate, StyleRecommender
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 40, 220), "green": (30, 200, 40)}
-
-
-class ColourGridEncoder(ImageEncoder):
-    """Mean colour of a 2×2 grid: a 12-d embedding that needs no weights."""
-
-    name = "test-colour-grid"
-
-    def __init__(self) -> None:
-        super().__init__(device="cpu", num_workers=0, channels_last=False)
-
-    def config(self) -> dict:
-        return {"grid": 2}
-
-    def weights_id(self) -> str:
-        return "none"
-
-    @property
-    def dim(self) -> int:
-        return 12
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        small = np.asarray(image.resize((2, 2), Image.BOX), dtype=np.float32) / 255.0
-        return torch.from_numpy(small).permute(2, 0, 1).contiguous()
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return batch.flatten(1) + 0.05
 
 
 def _image(path: Path, rgb: tuple[int, int, int], shade: int) -> None:
@@ -83,7 +56,7 @@ def shop(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def fitted(shop) -> StyleRecommender:
     model = StyleRecommender(
-        "als", {"factors": 8, "iterations": 5, "random_state": 0}, encoder=ColourGridEncoder(),
+        "als", {"factors": 8, "iterations": 5, "random_state": 0}, encoder=ColourEncoder(grid=2),
         taste_params={"method": "kmeans", "items_per_centroid": 3}, blend=0.7, ranker="blend",
         ranker_params={"n_cf_candidates": 10, "n_taste_candidates": 10})
     return model.fit(shop["data"], shop["catalog"], shop["styles"])
@@ -121,7 +94,7 @@ def test_cold_items_can_be_recommended(shop, fitted):
 def test_item_groups_bring_in_siblings_of_bought_items(shop):
     groups = {item: f"{colour}-{int(item[-2:]) // 2}" for item, colour in shop["items"].items()}
     model = StyleRecommender(
-        encoder=ColourGridEncoder(), cf_params={"factors": 4, "iterations": 2}, blend=0.5,
+        encoder=ColourEncoder(grid=2), cf_params={"factors": 4, "iterations": 2}, blend=0.5,
         ranker="blend",
         ranker_params={"group_weight": 5.0, "n_cf_candidates": 2, "n_taste_candidates": 2})
     model.fit(shop["data"], shop["catalog"], item_groups=groups)
@@ -194,7 +167,7 @@ def test_to_dict_is_json_and_explain_names_the_parts(fitted):
 
 
 def test_embedding_dim_projects_items_and_styles(tmp_path, shop):
-    model = StyleRecommender(encoder=ColourGridEncoder(), embedding_dim=4,
+    model = StyleRecommender(encoder=ColourEncoder(grid=2), embedding_dim=4,
                              cf_params={"factors": 4, "iterations": 2}, blend=0.9,
                              ranker="blend")
     model.fit(shop["data"], shop["catalog"], shop["styles"])
@@ -203,7 +176,7 @@ def test_embedding_dim_projects_items_and_styles(tmp_path, shop):
     assert slate.style.style_id == "green-style" and _colour(shop, slate) == ["green"] * 3
     loaded = StyleRecommender.load(model.save(tmp_path / "model"))
     assert loaded.recommend(["user02"], k=3) == [slate]
-    raw = StyleRecommender(encoder=ColourGridEncoder(), embedding_dim=None,
+    raw = StyleRecommender(encoder=ColourEncoder(grid=2), embedding_dim=None,
                            cf_params={"factors": 4, "iterations": 2})
     assert raw.fit(shop["data"], shop["catalog"]).pca_ is None
     assert raw.ranker_.item_vectors_.shape == (36, 12)
@@ -212,10 +185,10 @@ def test_embedding_dim_projects_items_and_styles(tmp_path, shop):
 def test_embedding_cache_is_reused(tmp_path, shop):
     from recsys.embedding_store import EmbeddingStore
 
-    params = {"encoder": ColourGridEncoder(), "cache_dir": tmp_path / "cache",
+    params = {"encoder": ColourEncoder(grid=2), "cache_dir": tmp_path / "cache",
               "cf_params": {"factors": 4, "iterations": 2}}
     first = StyleRecommender(**params).fit(shop["data"], shop["catalog"])
-    store = EmbeddingStore(tmp_path / "cache", ColourGridEncoder())
+    store = EmbeddingStore(tmp_path / "cache", ColourEncoder(grid=2))
     assert len(store) == len(shop["catalog"])
     second = StyleRecommender(**params).fit(shop["data"], shop["catalog"])
     np.testing.assert_array_equal(first.taste_.item_vectors_, second.taste_.item_vectors_)
@@ -227,7 +200,7 @@ def test_unreadable_images_are_reported_and_skipped(tmp_path, shop):
     for item in ["red00", "red01", "blue00"]:
         _image(root / f"{item}.jpg", COLOURS[item.rstrip("0123456789")], 0)
     (root / "broken.jpg").write_bytes(b"not a jpeg")
-    model = StyleRecommender(encoder=ColourGridEncoder(), cf_params={"factors": 2,
+    model = StyleRecommender(encoder=ColourEncoder(grid=2), cf_params={"factors": 2,
                                                                     "iterations": 1})
     model.fit(shop["data"], Catalog.from_directory(root))
     assert list(model.failures_) == ["broken"]
@@ -264,7 +237,7 @@ def test_errors_are_clear(shop, fitted):
     with pytest.raises(ValueError, match="render=True needs a renderer"):
         fitted.recommend(["user00"], render=True)
     with pytest.raises(TypeError, match="catalog must be a Catalog"):
-        StyleRecommender(encoder=ColourGridEncoder()).fit(shop["data"], shop["root"])
+        StyleRecommender(encoder=ColourEncoder(grid=2)).fit(shop["data"], shop["root"])
     with pytest.raises(FileNotFoundError, match="no saved StyleRecommender"):
         StyleRecommender.load(shop["root"])
 
@@ -304,7 +277,7 @@ def test_history_of_items_the_cf_model_never_saw_gets_the_flagged_fallback(shop,
 
 
 def test_a_bad_style_folder_fails_before_any_image_is_encoded(tmp_path, shop, monkeypatch):
-    model = StyleRecommender(encoder=ColourGridEncoder())
+    model = StyleRecommender(encoder=ColourEncoder(grid=2))
     monkeypatch.setattr(model, "_make_encoder", lambda: pytest.fail("encoded first"))
     with pytest.raises(NotADirectoryError, match="image folder not found: .*nope"):
         model.fit(shop["data"], shop["catalog"], tmp_path / "nope")
@@ -321,7 +294,7 @@ def test_missing_changed_or_escaping_images_skip_their_render_only(tmp_path, sho
 
     shutil.copytree(shop["root"] / "images", tmp_path / "images")
     model = StyleRecommender(
-        "als", {"factors": 8, "iterations": 5, "random_state": 0}, encoder=ColourGridEncoder(),
+        "als", {"factors": 8, "iterations": 5, "random_state": 0}, encoder=ColourEncoder(grid=2),
         ranker_params={"n_cf_candidates": 10, "n_taste_candidates": 10})
     model.fit(shop["data"], Catalog.from_directory(tmp_path / "images"), shop["styles"])
     renderer = Renderer(create_styler("color"), tmp_path / "renders", device="cpu",

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from doubles import ColourEncoder
 
 from recsys.style_index import EncoderMismatchError, StyleIndex
 
@@ -145,36 +146,15 @@ def test_faiss_and_torch_work_together_in_one_process():
 
 
 def test_build_from_a_folder_skips_bad_images_and_records_the_encoder(tmp_path, caplog):
-    import torch
     from PIL import Image
 
-    from recsys.encoders import ImageEncoder
-
-    class MeanColour(ImageEncoder):
-        name = "test-mean-colour"
-
-        def config(self):
-            return {}
-
-        def weights_id(self):
-            return "none"
-
-        @property
-        def dim(self):
-            return 3
-
-        def preprocess(self, image):
-            return torch.from_numpy(np.asarray(image.resize((8, 8)), np.float32).copy())
-
-        def forward(self, batch):
-            return batch.mean((1, 2))
 
     colours = {"red": (250, 5, 5), "green": (5, 250, 5), "blue": (5, 5, 250)}
     for name, colour in colours.items():
         Image.new("RGB", (20, 30), colour).save(tmp_path / f"{name}.png")
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     (tmp_path / "notes.txt").write_text("ignored")
-    encoder = MeanColour(device="cpu")
+    encoder = ColourEncoder()
     index = StyleIndex().build(tmp_path, encoder)
     assert sorted(index.ids_.tolist()) == ["blue", "green", "red"]
     assert "broken.jpg" in caplog.text

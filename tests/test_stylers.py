@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import stylers
+from ground import registry as ground_registry
 from ground.checkpoints import CheckpointError
 from stylers import registry
 from stylers.base import Styler, pad_to_multiple
@@ -73,13 +74,13 @@ def test_entry_point_stylers_load_lazily(monkeypatch):
             loaded.append(True)
             return Plugin
 
-    monkeypatch.setattr(registry, "entry_points", lambda group: [FakeEntryPoint()])
-    monkeypatch.delitem(registry._REGISTRY, "third-party", raising=False)
+    monkeypatch.setattr(ground_registry, "entry_points", lambda group: [FakeEntryPoint()])
+    monkeypatch.delitem(registry.STYLERS._factories, "third-party", raising=False)
     assert "third-party" in stylers.available_stylers()
     assert not loaded  # listing does not import the plugin
     assert isinstance(stylers.create_styler("third-party"), Plugin)
     assert loaded == [True]
-    monkeypatch.delitem(registry._REGISTRY, "third-party")
+    monkeypatch.delitem(registry.STYLERS._factories, "third-party")
 
 
 def test_contract_checks_shapes_and_broadcasts_one_style():
