@@ -393,6 +393,10 @@ class StyleRecommender:
                    {"name": "recent-popularity"},
                    {"name": "visual-neighbours", "params": {"index_factory": factory}}]
         params = {"sources": sources} | (self.learned_params or {})
+        if "label_split" not in params and interactions.events["time"].isna().any():
+            # its label windows and recency sources need times: the documented fallback
+            log.warning("learned ranker not trained (the log has no times), the blend ranks")
+            return None
         styles = None if self.styles_ is None else self.styles_.reconstruct(
             self.styles_.ids_.tolist())
         try:

@@ -111,18 +111,19 @@ class PipelineSpec:
     """Every choice of a :class:`~recsys.recommender.StyleRecommender`, JSON round-trippable.
 
     ``sources`` and ``ranker`` are generic ``{name, params}`` entries so that new
-    candidate sources and rankers fit without a schema change; this build's facade
-    has one ranker, ``blend`` (:class:`~recsys.ranker.StyleRanker`, whose
-    ``taste_weight`` is the facade's ``blend``), and takes its candidates from the CF
-    model and the taste index (``sources`` empty).
+    candidate sources and rankers fit without a schema change. Rankers come from
+    :data:`recsys.learned_ranker.RANKERS`: ``learned`` (the default:
+    :class:`~recsys.learned_ranker.LearnedRanker`, whose ``params`` may name its
+    ``sources``) and ``blend`` (:class:`~recsys.ranker.StyleRanker`, whose
+    ``taste_weight`` is the facade's ``blend``). The top-level ``sources`` stays empty:
+    the learned ranker's sources are its own parameter.
     """
 
     version: int = SPEC_VERSION
     data: DataSpec = field(default_factory=DataSpec)
     cf: ComponentSpec = field(default_factory=lambda: ComponentSpec("als"))
     sources: list[ComponentSpec] = field(default_factory=list)
-    ranker: ComponentSpec = field(
-        default_factory=lambda: ComponentSpec("blend", {"taste_weight": 0.5}))
+    ranker: ComponentSpec = field(default_factory=lambda: ComponentSpec("learned"))
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
     taste: dict[str, Any] = field(default_factory=dict)
     styles: str | None = None
@@ -162,16 +163,19 @@ class PipelineSpec:
             Naming the key, e.g. ``encoder.name: unknown encoder 'x'; available: ...``.
         """
         from recsys.cf import CF_MODELS
-        from recsys.ranker import StyleRanker
+        from recsys.learned_ranker import RANKERS
+        from recsys.sources import SOURCES
         from recsys.taste import TasteModel
 
         _check_component(self.cf, "cf", CF_MODELS.get)
         if self.sources:
-            raise SpecError("sources: this StyleRecommender takes its candidates from the CF "
-                            "model and the taste index; it has no named candidate sources")
-        if self.ranker.name != "blend":
-            raise SpecError(f"ranker.name: unknown ranker {self.ranker.name!r}; available: blend")
-        _check_params(StyleRanker, self.ranker.params, "ranker.params")
+            raise SpecError("sources: name candidate sources in ranker.params.sources "
+                            "(the learned ranker's own parameter)")
+        _check_component(self.ranker, "ranker", RANKERS.get)
+        if self.ranker.name == "learned":
+            for i, source in enumerate(self.ranker.params.get("sources") or []):
+                _check_component(_convert(ComponentSpec, source, f"ranker.params.sources.{i}"),
+                                 f"ranker.params.sources.{i}", SOURCES.get)
         _check_params(TasteModel, self.taste, "taste")
         if self.data.images is not None:  # the visual stages are built only with images
             from recsys.encoders import ENCODERS
@@ -388,12 +392,16 @@ def recommender_arguments(spec: PipelineSpec) -> dict[str, Any]:
     """The :class:`~recsys.recommender.StyleRecommender` constructor arguments of ``spec``
     (all but the renderer)."""
     ranker = dict(spec.ranker.params)
+    learned = spec.ranker.name == "learned"
     return {
         "cf_model": spec.cf.name, "cf_params": dict(spec.cf.params),
         "encoder": spec.encoder.name, "encoder_params": dict(spec.encoder.params),
         "cache_dir": spec.encoder.cache_dir, "embedding_dim": spec.encoder.embedding_dim,
         "whiten": spec.encoder.whiten, "taste_params": dict(spec.taste),
-        "blend": ranker.pop("taste_weight", 0.5), "ranker_params": ranker,
+        "ranker": spec.ranker.name,
+        "blend": 0.5 if learned else ranker.pop("taste_weight", 0.5),
+        "ranker_params": None if learned else ranker,
+        "learned_params": ranker if learned else None,
     }
 
 
@@ -415,8 +423,10 @@ def spec_of(model: Any) -> PipelineSpec:
     return dataclasses.replace(
         base,
         cf=ComponentSpec(model.cf_model, dict(model.cf_params or {})),
-        ranker=ComponentSpec("blend", {"taste_weight": model.blend,
-                                       **(model.ranker_params or {})}),
+        ranker=(ComponentSpec("learned", dict(model.learned_params or {}))
+                if model.ranker == "learned" else
+                ComponentSpec("blend", {"taste_weight": model.blend,
+                                        **(model.ranker_params or {})})),
         encoder=EncoderSpec(name, params,
                             None if model.cache_dir is None else str(model.cache_dir),
                             model.embedding_dim, model.whiten),

@@ -264,11 +264,11 @@ def weekly_images(tmp_path_factory):
 
 
 def _pipeline(**params):
-    from test_recommender import ColourGridEncoder
+    from doubles import ColourEncoder
 
     from recsys.recommender import StyleRecommender
 
-    return StyleRecommender(encoder=ColourGridEncoder(), embedding_dim=4,
+    return StyleRecommender(encoder=ColourEncoder(grid=2), embedding_dim=4,
                             cf_params={"factors": 4, "iterations": 2, "random_state": 0},
                             **params)
 

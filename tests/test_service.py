@@ -16,9 +16,10 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from doubles import ColourEncoder
 from fastapi.testclient import TestClient
 from PIL import Image
-from test_recommender import COLOURS, ColourGridEncoder
+from test_recommender import COLOURS
 
 from recsys.catalog import Catalog
 from recsys.feedback import Event, FeedbackLog
@@ -50,7 +51,7 @@ def shop(tmp_path_factory) -> dict:
     data = Interactions.from_frame(pd.DataFrame(rows, columns=["user_id", "item_id", "t"]),
                                    time_col="t")
     model = StyleRecommender(
-        "als", {"factors": 8, "iterations": 5, "random_state": 0}, encoder=ColourGridEncoder(),
+        "als", {"factors": 8, "iterations": 5, "random_state": 0}, encoder=ColourEncoder(grid=2),
         embedding_dim=None, blend=0.7,
         ranker_params={"n_cf_candidates": 10, "n_taste_candidates": 10})
     model.fit(data, Catalog.from_directory(root / "images"), root / "styles")
@@ -284,7 +285,7 @@ def test_healthz_and_metrics(client):
 
 def test_reload_swaps_the_model_without_a_failed_request(shop, client, tmp_path):
     other = StyleRecommender(
-        "als", {"factors": 4, "iterations": 3, "random_state": 1}, encoder=ColourGridEncoder(),
+        "als", {"factors": 4, "iterations": 3, "random_state": 1}, encoder=ColourEncoder(grid=2),
         embedding_dim=None, blend=0.2, ranker_params={"n_cf_candidates": 10,
                                                       "n_taste_candidates": 10})
     other.fit(shop["data"], Catalog.from_directory(shop["root"] / "images"),

@@ -48,7 +48,11 @@ def test_the_demo_spec_round_trips_through_json():
     ({"ranker": {"name": "blend", "params": {"taste_weight": "high"}}},
      "ranker.params.taste_weight: expected float, got 'high'"),
     ({"ranker": {"name": "lightgbm"}}, "ranker.name: unknown ranker 'lightgbm'"),
-    ({"sources": [{"name": "repurchase"}]}, "sources: this StyleRecommender"),
+    ({"sources": [{"name": "repurchase"}]}, "sources: name candidate sources in ranker.params"),
+    ({"ranker": {"name": "learned", "params": {"sources": [{"name": "repurchse"}]}}},
+     "ranker.params.sources.0.name: unknown candidate source 'repurchse'"),
+    ({"ranker": {"name": "learned", "params": {"n_candidates": "many"}}},
+     "ranker.params.n_candidates: expected int, got 'many'"),
     ({"encoder": {"nmae": "x"}}, "encoder.nmae: unknown key; known: name, params"),
     ({"data": {"images": "img"}, "encoder": {"name": "nope"}},
      "encoder.name: unknown encoder 'nope'"),
@@ -101,7 +105,7 @@ def test_the_saved_model_stores_its_spec(tmp_path):
     rows = [(f"{c}-user{u}", f"{c}{j}") for c in colours for u in range(3) for j in range(3)]
     data = Interactions.from_frame(pd.DataFrame(rows, columns=["user_id", "item_id"]))
     model = StyleRecommender("popularity", encoder=ColourEncoder(grid=2), embedding_dim=None,
-                             blend=0.7).fit(data, Catalog.from_directory(tmp_path))
+                             blend=0.7, ranker="blend").fit(data, Catalog.from_directory(tmp_path))
     saved = json.loads((model.save(tmp_path / "model") / "recommender.json").read_text())
     assert saved["spec"]["cf"] == {"name": "popularity", "params": {}}
     assert saved["spec"]["encoder"]["name"] == "test-colour"
@@ -156,3 +160,13 @@ def test_the_demo_builds_from_its_spec(demo_dir, tmp_path):
     assert spec["ranker"]["params"] == {"taste_weight": 0.5, "group_weight": 0.5}
     assert spec["data"]["images"] == str(data / "images") and spec["styler"] is None
     assert (tmp_path / "out" / "cache" / "embeddings").is_dir()
+
+
+def test_the_learned_ranker_is_the_default_and_round_trips_through_the_spec():
+    assert PipelineSpec().ranker.name == "learned"
+    spec = PipelineSpec.from_dict({"ranker": {"name": "learned", "params": {
+        "n_candidates": 20, "sources": [{"name": "repurchase"}]}}}).validate()
+    model = StyleRecommender.from_params(spec.to_dict())
+    assert model.ranker == "learned"
+    assert model.learned_params == {"n_candidates": 20, "sources": [{"name": "repurchase"}]}
+    assert model.get_params()["ranker"] == spec.to_dict()["ranker"]
