@@ -14,7 +14,8 @@ from recsys.cf import top_k
 FACTOR_PARAMS = {
     # the data has rank two, so two factors (plus implicit's bias column for BPR) suffice
     "als": {"factors": 2, "iterations": 20, "regularization": 0.01, "alpha": 10.0},
-    "bpr": {"factors": 3, "iterations": 300, "learning_rate": 0.05},
+    # one thread: implicit's multi-threaded BPR updates race, so its result varies run to run
+    "bpr": {"factors": 3, "iterations": 300, "learning_rate": 0.05, "num_threads": 1},
     "bpr-uniform": {"factors": 4, "iterations": 60, "batch_size": 64},
     "lmf": {"factors": 2, "iterations": 60},
     "itemknn": {"similarity": "cosine"},
