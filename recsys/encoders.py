@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 E = TypeVar("E", bound="ImageEncoder")
 
 _REGISTRY: dict[str, tuple[type[ImageEncoder], dict[str, Any]]] = {}
+# encoders defined in other modules, imported when first asked for
+_ELSEWHERE = {"aesthetic": "recsys.aesthetic"}
 
 DEFAULT_STYLE_LABELS = (
     "minimalist", "vintage", "bohemian", "sporty", "romantic", "streetwear", "classic",
@@ -94,6 +96,10 @@ def create_encoder(name: str, **options: Any) -> ImageEncoder:
     >>> create_encoder("efficientnet-lite0", device="cpu").dim  # doctest: +SKIP
     1280
     """
+    if name in _ELSEWHERE and name not in _REGISTRY:
+        import importlib
+
+        importlib.import_module(_ELSEWHERE[name])
     try:
         cls, defaults = _REGISTRY[name]
     except KeyError:
@@ -111,7 +117,7 @@ def available_encoders() -> list[str]:
     >>> "efficientnet-lite0" in available_encoders()
     True
     """
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(_ELSEWHERE))
 
 
 

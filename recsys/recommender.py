@@ -48,7 +48,6 @@ from recsys.catalog import Catalog
 from recsys.cf import Recommender, create_model
 from recsys.interactions import Interactions, _lookup
 from recsys.ranker import StyleRanker
-from recsys.style_index import StyleIndex
 from recsys.taste import EmbeddingPCA, TasteModel
 
 log = logging.getLogger(__name__)
@@ -78,11 +77,14 @@ class SlateEntry:
 
 @dataclass(frozen=True)
 class StyleMatch:
-    """The style reference nearest to a user's taste (cosine ``similarity``)."""
+    """The style reference nearest to a user's aesthetic (cosine ``similarity`` in the
+    aesthetic space of :mod:`recsys.aesthetic`) and the user's personal ``mix`` of their
+    nearest references (``(style_id, weight)`` pairs, best first)."""
 
     style_id: str
     path: str
     similarity: float
+    mix: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ class Slate:
         head = f"user {self.user_id}" + (f" [{', '.join(flags)}]" if flags else "")
         if self.style is not None:
             head += f"; style {self.style.style_id} (similarity {self.style.similarity:.3f})"
+            if self.style.mix:
+                head += " mix " + " + ".join(f"{w:.2f} {s}" for s, w in self.style.mix)
         lines = [head]
         for rank, e in enumerate(self.entries, 1):
             tail = (" cold" if e.cold else "") + (" same-family" if e.group else "")
@@ -166,6 +170,12 @@ class StyleRecommender:
         Weight of the taste part in the final score (``StyleRanker.taste_weight``).
     ranker_params : dict, optional
         Other :class:`~recsys.ranker.StyleRanker` parameters.
+    style_encoder : str or ImageEncoder
+        Descriptor encoder of the style matcher (:class:`~recsys.aesthetic.AestheticEncoder`
+        by default); its descriptors are cached in ``cache_dir`` too.
+    style_params : dict, optional
+        :class:`~recsys.aesthetic.AestheticMatcher` parameters (``block_weights``,
+        ``half_life_days``, ``mix_k``…).
     renderer : stylers.Renderer, optional
         Used by ``recommend(render=True)``: anything with a
         ``render([(item_id, item_image, style_id, style_image), ...]) -> [path, ...]``
@@ -178,7 +188,11 @@ class StyleRecommender:
         The projection applied to item and style embeddings.
     taste_ : TasteModel
     ranker_ : StyleRanker
-    styles_ : StyleIndex or None
+    styles_ : AestheticMatcher or None
+        Matches a user's aesthetic vector (from the descriptors of the images they
+        engaged with) to the style library.
+    style_taste_ : TasteModel or None
+        Users' aesthetic vectors in the matcher's space.
     style_paths_ : dict of str to str
         Style reference id → image path.
     item_paths_ : dict of str to str
@@ -208,6 +222,8 @@ class StyleRecommender:
         taste_params: dict[str, Any] | None = None,
         blend: float = 0.5,
         ranker_params: dict[str, Any] | None = None,
+        style_encoder: Any = "aesthetic",
+        style_params: dict[str, Any] | None = None,
         renderer: Any = None,
     ) -> None:
         self.cf_model = cf_model
@@ -220,6 +236,8 @@ class StyleRecommender:
         self.taste_params = taste_params
         self.blend = blend
         self.ranker_params = ranker_params
+        self.style_encoder = style_encoder
+        self.style_params = style_params
         self.renderer = renderer
 
     # -- fitting --------------------------------------------------------------
@@ -239,9 +257,9 @@ class StyleRecommender:
             The interaction log.
         catalog : Catalog
             Item images; only items with a readable image can be recommended.
-        styles : folder, Catalog or None
-            Style reference images (id = file stem for a folder); ``None`` fits
-            without style matching.
+        styles : folder, Catalog, StyleLibrary or None
+            Style references (a folder: id = file stem, metadata from its
+            ``styles.csv``); ``None`` fits without style matching.
         item_groups : mapping of str to str, optional
             Item id → group key (e.g. the product code of H&M articles, shared
             by the colour variants of a garment), for the ranker's group part
@@ -276,22 +294,9 @@ class StyleRecommender:
         groups = None if item_groups is None else [item_groups.get(i) for i in item_ids]
         self.ranker_ = ranker.fit(item_ids, self.taste_.item_vectors_, self.encoder_id_, groups)
 
-        self.styles_, self.style_paths_ = None, {}
+        self.styles_, self.style_taste_, self.style_paths_ = None, None, {}
         if styles is not None:
-            style_catalog = styles if isinstance(styles, Catalog) else Catalog.from_directory(
-                styles)
-            style_ids = np.asarray(style_catalog.item_ids, dtype=str)
-            style_vectors, style_ok, style_failures = self._embed(encoder, style_ids,
-                                                                  style_catalog)
-            if not style_ok.any():
-                raise ValueError(f"none of the style references could be embedded: "
-                                 f"{style_failures}")
-            style_vectors = style_vectors[style_ok]
-            if self.pca_ is not None:
-                style_vectors = self.pca_.transform(style_vectors)
-            self.styles_ = StyleIndex().fit(style_ids[style_ok], style_vectors,
-                                            encoder_id=self.encoder_id_)
-            self.style_paths_ = {s: str(style_catalog.path(s)) for s in style_ids[style_ok]}
+            self._fit_styles(interactions, catalog, styles)
 
         users_per_item = np.bincount(interactions.matrix.indices, minlength=interactions.n_items)
         in_log = interactions.item_index(item_ids, missing="ignore")
@@ -311,6 +316,30 @@ class StyleRecommender:
         if self.encoder_params:
             raise ValueError("encoder_params apply to a named encoder, not an encoder instance")
         return self.encoder
+
+    def _fit_styles(self, interactions: Interactions, catalog: Catalog, styles: Any) -> None:
+        """The aesthetic matcher: descriptors of the catalog and the references, users'
+        aesthetic vectors from what they engaged with."""
+        from recsys.aesthetic import AestheticMatcher, StyleLibrary
+        from recsys.encoders import create_encoder
+
+        if isinstance(styles, Catalog):
+            styles = StyleLibrary.from_catalog(styles)
+        elif not isinstance(styles, StyleLibrary):
+            styles = StyleLibrary.from_folder(styles)
+        encoder = (create_encoder(self.style_encoder) if isinstance(self.style_encoder, str)
+                   else self.style_encoder)
+        item_ids = self.ranker_.item_ids_
+        items, ok, _ = self._embed(encoder, item_ids, catalog)
+        refs, ref_ok, failures = self._embed(encoder, np.asarray(styles.ids, dtype=str),
+                                             styles.catalog())
+        if not ref_ok.all():
+            raise ValueError(f"style references could not be described: {failures}")
+        matcher = AestheticMatcher(**(self.style_params or {}))
+        self.styles_ = matcher.fit(styles, refs, items[ok], styles.magenta_vectors())
+        self.style_taste_ = matcher.taste_model().fit(interactions, item_ids[ok],
+                                                      matcher.item_vectors(items[ok]))
+        self.style_paths_ = dict(self.styles_.style_paths_)
 
     def _embed(self, encoder: Any, ids: np.ndarray, catalog: Catalog
                ) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
@@ -345,6 +374,8 @@ class StyleRecommender:
                             len(self._rank_to_cf))
         # build the other stages' lazy lookups now, before threads share them
         self.taste_.transform([])
+        if self.style_taste_ is not None:
+            self.style_taste_.transform([])
         self.cf_.score(self.cf_.user_ids_[:1])
 
     def _check_fitted(self) -> None:
@@ -393,7 +424,7 @@ class StyleRecommender:
         cf, seen, known, folded = self._cf_scores(user_ids, history)
         profiles = self.taste_.transform(user_ids, history)
         ranking = self.ranker_.rank(cf, profiles, k, exclude=seen, history=seen)
-        style = self._match_styles(profiles.mean_vectors())
+        style = self._match_styles(user_ids, history)
         items = [self.ranker_.item_ids_[row[row >= 0]] for row in ranking.items]
         images = self._render(items, style) if render else [[None] * len(i) for i in items]
         slates = []
@@ -441,12 +472,16 @@ class StyleRecommender:
         cf[~known & ~folded] = self.popularity_
         return cf, seen.tocsr(), known, folded
 
-    def _match_styles(self, taste_vectors: np.ndarray) -> list[StyleMatch | None]:
+    def _match_styles(self, user_ids: list[str], history: Interactions | None
+                      ) -> list[StyleMatch | None]:
         if self.styles_ is None:
-            return [None] * len(taste_vectors)
-        ids, sims = self.styles_.search(taste_vectors, 1, encoder_id=self.encoder_id_)
-        return [StyleMatch(str(i), self.style_paths_[str(i)], float(s))
-                for i, s in zip(ids[:, 0], sims[:, 0], strict=True)]
+            return [None] * len(user_ids)
+        vectors = self.style_taste_.transform(user_ids, history).mean_vectors()
+        ids, sims = self.styles_.match(vectors, 1)
+        mixes = self.styles_.personal_style(vectors)
+        return [StyleMatch(str(i), self.style_paths_[str(i)], float(s),
+                           tuple(zip(m.references, m.weights, strict=True)))
+                for i, s, m in zip(ids[:, 0], sims[:, 0], mixes, strict=True)]
 
     def _render(self, items: list[np.ndarray], styles: list[StyleMatch]) -> list[list[str]]:
         """Rendered image paths of every entry: one ``renderer.render`` call for the batch."""
@@ -472,12 +507,15 @@ class StyleRecommender:
             self.ranker_.save(tmp / "ranker")
             if self.styles_ is not None:
                 self.styles_.save(tmp / "styles")
+                self.style_taste_.save(tmp / "style_taste")
             pca = {} if self.pca_ is None else self.pca_.arrays()
             write_npz_atomic(tmp / "arrays.npz", {"popularity": self.popularity_, **pca})
             params = {name: getattr(self, name) for name in (
                 "cf_model", "cf_params", "encoder_params", "cache_dir", "embedding_dim",
-                "whiten", "taste_params", "blend", "ranker_params")}
+                "whiten", "taste_params", "blend", "ranker_params", "style_params")}
             params["encoder"] = self.encoder if isinstance(self.encoder, str) else None
+            params["style_encoder"] = (self.style_encoder if isinstance(self.style_encoder, str)
+                                       else None)
             params["cache_dir"] = None if self.cache_dir is None else str(self.cache_dir)
             meta = {"format": FORMAT_VERSION, "params": params, "encoder_id": self.encoder_id_,
                     "style_paths": self.style_paths_, "item_paths": self.item_paths_,
@@ -498,7 +536,12 @@ class StyleRecommender:
         model.cf_ = Recommender.load(path / "cf")
         model.taste_ = TasteModel.load(path / "taste")
         model.ranker_ = StyleRanker.load(path / "ranker", model.taste_.item_vectors_)
-        model.styles_ = StyleIndex.load(path / "styles") if (path / "styles").is_dir() else None
+        model.styles_ = model.style_taste_ = None
+        if (path / "styles").is_dir():
+            from recsys.aesthetic import AestheticMatcher
+
+            model.styles_ = AestheticMatcher.load(path / "styles")
+            model.style_taste_ = TasteModel.load(path / "style_taste")
         with np.load(path / "arrays.npz", allow_pickle=False) as z:
             model.popularity_ = z["popularity"]
             model.pca_ = (EmbeddingPCA.from_arrays(dict(z), model.whiten)

@@ -22,6 +22,7 @@ from stylerec.render_cli import (
     parse_params,
     renderer_from_args,
 )
+from stylerec.style_report import add_style_report_parser
 
 log = logging.getLogger("stylerec")
 
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_render_parser(sub)
     add_evaluate_parser(sub)
     add_bench_parser(sub)
+    add_style_report_parser(sub)
     return parser
 
 
