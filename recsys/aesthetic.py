@@ -22,11 +22,15 @@ full-bleed one (:func:`stylers.adaptive.region_mask`). Three blocks:
 :class:`AestheticEncoder` (registered as ``"aesthetic"``, so the
 :class:`~recsys.embedding_store.EmbeddingStore` caches it by image hash) outputs
 the blocks, each L2-normalised and scaled by ``1/sqrt(3)``. :class:`AestheticSpace`
-then centres each domain on its own mean (a shopper matches the painting that
-departs from the average painting the way their purchases depart from the
-average purchase), scales every dimension to unit variance and re-normalises
-each block with its weight, so no block dominates: a cosine in the space is the
-weighted mean of the blocks' cosines.
+keeps the palette block as it is (square-rooted histograms: its cosine is the
+Bhattacharyya coefficient, an absolute colour match), centres the texture and
+style blocks on each domain's own mean (a product's texture and a painting's
+brushwork differ by domain; what can match is how each departs from its
+domain's average), scales their dimensions to unit variance, and re-normalises
+every block with its weight, so no block dominates by its size: a cosine in the
+space is the weighted mean of the blocks' cosines. The default weights (palette
+2, texture 0.5, style 0.5) were chosen on the 300 demo shoppers
+(``docs/aesthetic.md``).
 
 :class:`StyleLibrary` is a folder of references with a ``styles.csv``;
 :class:`AestheticMatcher` indexes it with FAISS, matches users' aesthetic
@@ -277,16 +281,24 @@ class AestheticEncoder(ImageEncoder):
         return out
 
 
+DEFAULT_BLOCK_WEIGHTS = {"palette": 2.0, "texture": 0.5, "style": 0.5}
+
+
 class AestheticSpace:
-    """Domain-centred, per-dimension standardised, block-weighted aesthetic vectors.
+    """Block-weighted aesthetic vectors: absolute palette, domain-centred standardised
+    texture and style.
 
     Parameters
     ----------
     block_weights : mapping of str to float, optional
-        Weight of each block in the cosine (default: equal). A block may be left out
-        with weight 0.
+        Weight of each block in the cosine (default :data:`DEFAULT_BLOCK_WEIGHTS`). A
+        block may be left out with weight 0.
     center : bool
-        Centre each domain (items, styles) on its own mean before scaling.
+        Centre each domain (items, styles) on its own mean before scaling (texture and
+        style blocks; also the palette with ``standardise_palette``).
+    standardise_palette : bool
+        Treat the palette like the other blocks (centred, unit variance per bin)
+        instead of comparing the square-rooted histograms directly.
 
     Examples
     --------
@@ -299,12 +311,14 @@ class AestheticSpace:
     ((8, 489), True)
     """
 
-    def __init__(self, block_weights: Mapping[str, float] | None = None, center: bool = True):
+    def __init__(self, block_weights: Mapping[str, float] | None = None, center: bool = True,
+                 standardise_palette: bool = False):
         self.block_weights = dict(block_weights) if block_weights else None
         self.center = center
+        self.standardise_palette = standardise_palette
 
     def _weights(self) -> dict[str, float]:
-        weights = {name: 1.0 for name in BLOCKS} | (self.block_weights or {})
+        weights = DEFAULT_BLOCK_WEIGHTS | (self.block_weights or {})
         unknown = set(weights) - set(BLOCKS)
         if unknown or any(w < 0 for w in weights.values()) or not sum(weights.values()) > 0:
             raise ValueError(f"block_weights must be non-negative weights of {BLOCKS} with a "
@@ -320,6 +334,11 @@ class AestheticSpace:
             self.means_ = {k: np.zeros_like(v) for k, v in self.means_.items()}
         pooled = np.concatenate([items - self.means_["items"], styles - self.means_["styles"]])
         self.scale_ = np.sqrt((pooled ** 2).mean(0)) + 1e-6
+        if not self.standardise_palette:
+            size = AestheticEncoder.block_sizes["palette"]
+            for mean in self.means_.values():
+                mean[:size] = 0.0
+            self.scale_[:size] = 1.0
         return self
 
     def transform(self, vectors: np.ndarray, domain: str) -> np.ndarray:
@@ -339,8 +358,8 @@ class AestheticSpace:
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], block_weights: Mapping[str, float]
-                    | None, center: bool) -> AestheticSpace:
-        space = cls(block_weights, center)
+                    | None, center: bool, standardise_palette: bool) -> AestheticSpace:
+        space = cls(block_weights, center, standardise_palette)
         space.means_ = {"items": arrays["mean_items"], "styles": arrays["mean_styles"]}
         space.scale_ = arrays["scale"]
         return space
@@ -474,8 +493,8 @@ class AestheticMatcher:
     ----------
     block_weights : mapping, optional
         :class:`AestheticSpace` block weights.
-    center : bool
-        Domain centring (see :class:`AestheticSpace`).
+    center, standardise_palette : bool
+        See :class:`AestheticSpace`.
     factory : str
         FAISS ``index_factory`` string (exact ``"Flat"`` by default; ``"HNSW32"`` for
         thousands of references).
@@ -500,8 +519,9 @@ class AestheticMatcher:
 
     def __init__(self, block_weights: Mapping[str, float] | None = None, center: bool = True,
                  factory: str = "Flat", mix_k: int = 3, temperature: float = 0.05,
-                 half_life_days: float | None = 60.0) -> None:
+                 half_life_days: float | None = 60.0, standardise_palette: bool = False) -> None:
         self.block_weights = dict(block_weights) if block_weights else None
+        self.standardise_palette = standardise_palette
         self.half_life_days = half_life_days
         self.center = center
         self.factory = factory
@@ -529,8 +549,9 @@ class AestheticMatcher:
         if self.mix_k < 1 or not self.temperature > 0:
             raise ValueError(f"mix_k must be >= 1 and temperature > 0, got {self.mix_k}, "
                              f"{self.temperature}")
-        self.space_ = AestheticSpace(self.block_weights, self.center).fit(item_descriptors,
-                                                                         style_descriptors)
+        self.space_ = AestheticSpace(self.block_weights, self.center,
+                                     self.standardise_palette).fit(item_descriptors,
+                                                                   style_descriptors)
         vectors = self.space_.transform(style_descriptors, "styles")
         self.style_ids_ = library.ids
         self.style_paths_ = dict(zip(library.ids, library.paths, strict=True))
@@ -580,6 +601,7 @@ class AestheticMatcher:
             meta = {"format": FORMAT_VERSION, "block_weights": self.block_weights,
                     "center": self.center, "factory": self.factory, "mix_k": self.mix_k,
                     "temperature": self.temperature, "half_life_days": self.half_life_days,
+                    "standardise_palette": self.standardise_palette,
                     "style_paths": self.style_paths_,
                     "style_ids": self.style_ids_}
             write_bytes_atomic(tmp / "matcher.json", json.dumps(meta, indent=2).encode())
@@ -590,9 +612,10 @@ class AestheticMatcher:
         path = Path(path)
         meta = read_meta(path, "matcher.json", "AestheticMatcher", FORMAT_VERSION)
         self = cls(meta["block_weights"], meta["center"], meta["factory"], meta["mix_k"],
-                   meta["temperature"], meta["half_life_days"])
+                   meta["temperature"], meta["half_life_days"], meta["standardise_palette"])
         with np.load(path / "arrays.npz", allow_pickle=False) as z:
-            self.space_ = AestheticSpace.from_arrays(z, self.block_weights, self.center)
+            self.space_ = AestheticSpace.from_arrays(z, self.block_weights, self.center,
+                                                     self.standardise_palette)
             self.magenta_ = z["magenta"] if "magenta" in z else None
         self.index_ = StyleIndex.load(path / "index")
         self.style_ids_ = meta["style_ids"]
