@@ -1,7 +1,7 @@
 """The end-to-end demo behind ``make demo``: every stage on the bundled ``data/``.
 
 Fits a :class:`~recsys.recommender.StyleRecommender` (ALS ⊕ EfficientNet-Lite0
-taste, the six style references), prints a few customers' slates with their
+taste, the style references), prints a few customers' slates with their
 matched style, renders each recommended product in that style with the
 protected ``arbitrary`` styler, and writes ``index.html``: per customer what
 they bought, the matched style, and the recommendations beside their renders.

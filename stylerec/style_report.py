@@ -55,6 +55,8 @@ def add_style_report_parser(subparsers: argparse._SubParsersAction) -> argparse.
     p.add_argument("--window-days", type=int, default=28)
     p.add_argument("--history-days", type=int, default=180)
     p.add_argument("--half-life-days", type=float, default=60.0)
+    p.add_argument("--block-weight", action="append", default=[], metavar="BLOCK=W",
+                   help="weight of an aesthetic block (palette, texture, style) in the match")
     p.add_argument("--shoppers", type=int, default=6, help="shoppers shown with renders")
     p.add_argument("--render-items", type=int, default=2, help="renders per shopper")
     p.add_argument("--quality-pairs", type=int, default=3,
@@ -85,7 +87,8 @@ def run_style_report(args: argparse.Namespace) -> int:
     result = style_fit_study(
         transactions, articles, args.images, library, args.cache_dir, windows=args.windows,
         window_days=args.window_days, history_days=args.history_days,
-        half_life_days=args.half_life_days, threads=args.threads)
+        half_life_days=args.half_life_days, threads=args.threads,
+        block_weights={k: float(v) for k, v in (w.split("=", 1) for w in args.block_weight)})
     result["params"].update({"transactions": str(args.transactions), "images": str(args.images),
                              "styles": str(args.styles), "seed": args.seed})
     args.out.mkdir(parents=True, exist_ok=True)
