@@ -9,7 +9,14 @@ on a validation split) and sweeps.
 
 The runner knows them as ``"model": "taste"`` (:func:`taste_only`: ``blend=1``
 and only taste candidates) and ``"model": "blend"`` (:class:`StyleSlates`:
-CF ⊕ taste).
+CF ⊕ taste). :class:`SourceSlates` (``"model": "sources"``) turns a chain of
+candidate sources (:mod:`recsys.sources`) into a recommender, so the baselines a
+practitioner would beat first (repurchase, product family, recent popularity) are
+evaluated with the same protocol.
+
+Both are fitted like a deployment would be: on the events before the cut-off, with
+only the items that have one known to the CF part; the visual models rank the
+declared catalog of the window (``fit(..., catalog_items=...)``).
 
 Examples
 --------
@@ -25,12 +32,105 @@ A config entry (the embedding cache makes refits cheap)::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from recsys.interactions import Interactions
+
+
+def observed(interactions: Interactions) -> Interactions:
+    """The same events with only the users and items that have one in the vocabulary.
+
+    :meth:`Interactions.select` keeps the whole vocabulary, so a training split still
+    knows every test item; a deployed model would not.
+    """
+    ev = interactions.events
+    users, user_codes = np.unique(ev["user"].to_numpy(), return_inverse=True)
+    items, item_codes = np.unique(ev["item"].to_numpy(), return_inverse=True)
+    events = ev.assign(user=user_codes.astype(np.int32), item=item_codes.astype(np.int32))
+    return Interactions(events.reset_index(drop=True), interactions.user_ids[users],
+                        interactions.item_ids[items], interactions.weighting,
+                        interactions.half_life_days, interactions.source)
+
+
+class SourceSlates:
+    """A chain of candidate sources as a recommender: each source's items in turn.
+
+    Slots are filled from the first source, then the next one's items not listed yet,
+    and so on (e.g. repurchase, then product family, then recent best sellers: the
+    H&M competition's strongest simple baseline). Scores are descending ranks.
+
+    Parameters
+    ----------
+    chain : list of dict
+        ``{"source": name in recsys.sources.SOURCES, "params": {...}}`` entries.
+
+    Examples
+    --------
+    >>> model = SourceSlates([{"source": "repurchase", "params": {"half_life_days": 14}},
+    ...                       {"source": "recent-popularity", "params": {"days": 7}}])
+    >>> [s.name for s in model.sources]
+    ['repurchase', 'recent-popularity']
+    """
+
+    def __init__(self, chain: Sequence[dict[str, Any]]) -> None:
+        from recsys.sources import SOURCES
+
+        if not chain:
+            raise ValueError("chain needs at least one source")
+        self.chain = [dict(c) for c in chain]
+        self.sources = [SOURCES.create(c["source"], **c.get("params", {})) for c in self.chain]
+
+    def fit(self, interactions: Interactions) -> SourceSlates:
+        for source in self.sources:
+            source.fit(interactions)
+        self.user_ids_ = interactions.user_ids
+        self.seen_ = interactions
+        return self
+
+    def recommend(
+        self, user_ids: Sequence[str], k: int = 10, filter_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` item ids per user (``""`` / ``-inf`` padding), seen items kept
+        unless ``filter_seen``."""
+        user_ids = [str(u) for u in user_ids]
+        seen: list[set[str]] = [set() for _ in user_ids]
+        if filter_seen:
+            ev = self.seen_.events
+            frame = pd.DataFrame({"u": self.seen_.user_ids[ev["user"].to_numpy()],
+                                  "i": self.seen_.item_ids[ev["item"].to_numpy()]})
+            mine = frame[frame["u"].isin(set(user_ids))].groupby("u")["i"].agg(set)
+            seen = [mine.get(u, set()) for u in user_ids]
+        # ask each source for enough to fill k after dropping repeats and seen items
+        pools = [source.candidates(user_ids, k + max(map(len, seen), default=0))[0]
+                 for source in self.sources]
+        ids = np.full((len(user_ids), k), "", dtype=object)
+        for row in range(len(user_ids)):
+            taken: list[str] = []
+            skip = set(seen[row])
+            for pool in pools:
+                for item in pool[row]:
+                    if len(taken) == k:
+                        break
+                    if item and item not in skip:
+                        taken.append(item)
+                        skip.add(item)
+            ids[row, :len(taken)] = taken
+        filled = ids != ""
+        scores = np.where(filled, (k - np.arange(k)).astype(np.float32), -np.inf)
+        return ids.astype(str), scores.astype(np.float32)
+
+
+@lru_cache(maxsize=4)
+def _image_catalog(images: str) -> Any:
+    """The image folder's catalog, listed once per process (a backtest refits per window)."""
+    from recsys.catalog import Catalog
+
+    return Catalog.from_directory(images)
 
 
 class StyleSlates:
@@ -76,13 +176,20 @@ class StyleSlates:
         self.group_prefix = group_prefix
         self.options = options
 
-    def fit(self, interactions: Interactions) -> StyleSlates:
+    def fit(self, interactions: Interactions,
+            catalog_items: Sequence[str] | None = None) -> StyleSlates:
+        """Fit on the events before the cut-off; ``catalog_items`` (the window's declared
+        catalog) limits the rankable items, which are otherwise every image."""
         from recsys.catalog import Catalog
         from recsys.recommender import StyleRecommender
 
         self.model_ = StyleRecommender(blend=self.blend, **self.options)
-        catalog = Catalog.from_directory(self.images)
-        self.model_.fit(interactions, catalog, item_groups=self._item_groups(catalog.item_ids))
+        catalog = _image_catalog(str(Path(self.images).resolve()))
+        if catalog_items is not None:
+            keep = [i for i in map(str, catalog_items) if i in catalog]
+            catalog = Catalog(catalog.root, {i: catalog.relative_path(i) for i in keep})
+        self.model_.fit(observed(interactions), catalog,
+                        item_groups=self._item_groups(catalog.item_ids))
         return self
 
     def _item_groups(self, item_ids: Sequence[str]) -> dict[str, str] | None:
@@ -104,10 +211,12 @@ class StyleSlates:
     def recommend(
         self, user_ids: Sequence[str], k: int = 10, filter_seen: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` item ids and blended scores per user (``""`` / ``-inf`` pad)."""
-        if not filter_seen:
-            raise ValueError("StyleRecommender always removes items the user has; "
-                             "evaluate it with exclude_train='all'")
+        """Top-``k`` item ids and blended scores per user (``""`` / ``-inf`` pad).
+
+        ``StyleRecommender`` always removes items the user has, so with
+        ``filter_seen=False`` (protocols where rebuying counts) it simply never
+        proposes a repurchase: a handicap the evaluation measures, not hides.
+        """
         slates = self.model_.recommend(list(user_ids), k=k)
         ids = np.full((len(slates), k), "", dtype=object)
         scores = np.full((len(slates), k), -np.inf, dtype=np.float32)

@@ -363,9 +363,29 @@ def novelty(recommended: np.ndarray, item_information: np.ndarray) -> np.ndarray
                      out=np.full(len(recs), np.nan), where=valid.any(axis=1))
 
 
-def _resample_means(values: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
-    """Means of ``n_resamples`` bootstrap resamples (same indices for every column)."""
+def _resample_means(values: np.ndarray, n_resamples: int, seed: int,
+                    groups: np.ndarray | None = None) -> np.ndarray:
+    """Means of ``n_resamples`` bootstrap resamples (same indices for every column).
+
+    With ``groups`` (one label per value) whole groups are resampled — e.g. every
+    (user, window) pair of one user — and each resample's mean is over its values.
+    """
     rng = np.random.default_rng(seed)
+    if groups is not None:
+        _, codes = np.unique(np.asarray(groups), return_inverse=True)
+        n_groups = int(codes.max()) + 1 if len(codes) else 0
+        sums = np.zeros((n_groups,) + values.shape[1:])
+        np.add.at(sums, codes, values)
+        counts = np.bincount(codes, minlength=n_groups).astype(np.float64)
+        means = np.empty((n_resamples,) + values.shape[1:])
+        block = max(1, 4_000_000 // max(n_groups, 1))
+        for start in range(0, n_resamples, block):
+            stop = min(start + block, n_resamples)
+            idx = rng.integers(0, n_groups, size=(stop - start, n_groups))
+            total = counts[idx].sum(axis=1)
+            means[start:stop] = sums[idx].sum(axis=1) / total.reshape(
+                (-1,) + (1,) * (values.ndim - 1))
+        return means
     n = len(values)
     means = np.empty((n_resamples,) + values.shape[1:])
     block = max(1, 4_000_000 // max(n, 1))  # bound the index matrix to ~32 MB
@@ -381,12 +401,15 @@ def bootstrap_ci(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    groups: np.ndarray | Sequence[str] | None = None,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of per-user values.
 
     Users are resampled with replacement ``n_resamples`` times from a
     ``numpy.random.default_rng(seed)`` stream; NaNs are dropped first. With no
-    values or ``n_resamples=0`` the interval is ``(nan, nan)``.
+    values or ``n_resamples=0`` the interval is ``(nan, nan)``. With ``groups``
+    (the user of each value, when values are per (user, window) pair) whole users
+    are resampled: a user's windows are not independent draws.
 
     Examples
     --------
@@ -395,10 +418,12 @@ def bootstrap_ci(
     True
     """
     v = np.asarray(values, dtype=np.float64)
-    v = v[~np.isnan(v)]
+    keep = ~np.isnan(v)
+    v = v[keep]
     if len(v) == 0 or n_resamples < 1:
         return float("nan"), float("nan")
-    means = _resample_means(v, n_resamples, seed)
+    means = _resample_means(v, n_resamples, seed,
+                            None if groups is None else np.asarray(groups)[keep])
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return float(low), float(high)
@@ -410,13 +435,15 @@ def paired_bootstrap(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    groups: np.ndarray | Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Mean difference ``a - b`` of paired per-user values, with a bootstrap interval.
 
     Both arrays hold the same users in the same order; one resample of users is
     applied to both, so the interval reflects the per-user pairing (what an A/B
     pre-check wants: is B better than A on the *same* shoppers?). ``p_le_zero``
-    is the share of resampled differences at or below zero.
+    is the share of resampled differences at or below zero. ``groups`` resamples
+    whole users, as in :func:`bootstrap_ci`.
 
     Examples
     --------
@@ -429,12 +456,14 @@ def paired_bootstrap(
     if a.shape != b.shape:
         raise ValueError(f"paired values need equal shapes, got {a.shape} and {b.shape}")
     d = a - b
-    d = d[~np.isnan(d)]
+    keep = ~np.isnan(d)
+    d = d[keep]
     nan = float("nan")
     if len(d) == 0 or n_resamples < 1:
         return {"diff": float(d.mean()) if len(d) else nan, "ci_low": nan, "ci_high": nan,
                 "p_le_zero": nan}
-    means = _resample_means(d, n_resamples, seed)
+    means = _resample_means(d, n_resamples, seed,
+                            None if groups is None else np.asarray(groups)[keep])
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return {"diff": float(d.mean()), "ci_low": float(low), "ci_high": float(high),
@@ -446,8 +475,12 @@ def summarize(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    groups: np.ndarray | Sequence[str] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Mean, bootstrap interval and user count of each per-user metric.
+
+    ``groups`` (the user of each row) makes the intervals resample whole users;
+    ``n_users`` then counts the rows (e.g. (user, window) pairs).
 
     Every metric is resampled with the same ``seed``: the same resampled sets of
     users, so intervals of different metrics (and models evaluated on the same
@@ -462,8 +495,10 @@ def summarize(
     out = {}
     for name, values in per_user.items():
         v = np.asarray(values, dtype=np.float64)
-        valid = v[~np.isnan(v)]
-        low, high = bootstrap_ci(valid, n_resamples, confidence, seed)
+        keep = ~np.isnan(v)
+        valid = v[keep]
+        low, high = bootstrap_ci(valid, n_resamples, confidence, seed,
+                                 None if groups is None else np.asarray(groups)[keep])
         out[name] = {"mean": float(valid.mean()) if len(valid) else float("nan"),
                      "ci_low": low, "ci_high": high, "n_users": int(len(valid))}
     return out

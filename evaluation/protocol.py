@@ -210,9 +210,13 @@ def _event_matrix(data: Interactions, min_value: float | None) -> sp.csr_matrix:
 
 
 def relevance_sets(
-    train: Interactions, test: Interactions, protocol: Protocol
+    train: Interactions, test: Interactions, protocol: Protocol,
+    catalog: np.ndarray | None = None,
 ) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
     """The protocol's relevant items, excluded items and candidate items.
+
+    ``catalog`` (bool per vocabulary item), when given, is the declared candidate
+    set (see :mod:`evaluation.catalogs`) and replaces ``protocol.candidate_items``.
 
     Returns
     -------
@@ -233,7 +237,12 @@ def relevance_sets(
         threshold = protocol.relevance_threshold if protocol.exclude_train == "relevant" else None
         excluded = _event_matrix(train, threshold)
     candidates = np.ones(train.n_items, dtype=bool)
-    if protocol.candidate_items == "train":
+    if catalog is not None:
+        candidates = np.asarray(catalog, dtype=bool)
+        if candidates.shape != (train.n_items,):
+            raise ValueError(f"catalog mask has shape {candidates.shape}, the vocabulary "
+                             f"{train.n_items} items")
+    elif protocol.candidate_items == "train":
         candidates[:] = False
         candidates[train.events["item"].to_numpy()] = True
     relevant = _event_matrix(test, protocol.relevance_threshold)
@@ -293,6 +302,7 @@ def evaluate(
     train: Interactions,
     test: Interactions,
     protocol: Protocol | None = None,
+    catalog: np.ndarray | None = None,
 ) -> EvalResult:
     """Per-user metrics of a fitted ``model`` on ``test`` under ``protocol``.
 
@@ -306,6 +316,9 @@ def evaluate(
     protocol : Protocol, optional
         Defaults to ``Protocol()``: all test events relevant, training items
         excluded, every item a candidate, k = 10.
+    catalog : bool ndarray [n_items], optional
+        The declared candidate items (replaces ``protocol.candidate_items``).
+        A recommended item outside it is a wasted slot.
 
     Returns
     -------
@@ -317,7 +330,7 @@ def evaluate(
     >>> result.per_user["recall@10"].mean()  # doctest: +SKIP
     """
     protocol = protocol or Protocol()
-    relevant, excluded, candidates = relevance_sets(train, test, protocol)
+    relevant, excluded, candidates = relevance_sets(train, test, protocol, catalog)
     n_rel_all = np.diff(relevant.indptr)
     users = np.flatnonzero(n_rel_all > 0)
     test_users = np.unique(test.events["user"].to_numpy())
@@ -366,7 +379,7 @@ def evaluate(
     n_rel = n_rel_all[users]
     hits = hit_matrix(recs, rel_users)
     per_user: dict[str, np.ndarray] = {}
-    catalog: dict[str, float] = {}
+    catalog_metrics: dict[str, float] = {}
     wanted = set(protocol.metrics)
     item_info = None
     if "novelty" in wanted:
@@ -399,7 +412,7 @@ def evaluate(
             if name in at_k:
                 per_user[f"{name}@{k}"] = at_k[name](k)
         if "coverage" in wanted:
-            catalog[f"coverage@{k}"] = catalog_coverage(recs[:, :k], int(candidates.sum()))
+            catalog_metrics[f"coverage@{k}"] = catalog_coverage(recs[:, :k], int(candidates.sum()))
     if "auc" in wanted:
         per_user["auc"] = auc
     if "map_full" in wanted:
@@ -407,7 +420,7 @@ def evaluate(
     return EvalResult(
         user_ids=train.user_ids[users],
         per_user=per_user,
-        catalog=catalog,
+        catalog=catalog_metrics,
         recommended=recs,
         n_relevant=n_rel,
         timings={"score_s": elapsed},

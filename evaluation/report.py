@@ -300,7 +300,7 @@ def _metrics_table(models: Sequence[Mapping[str, Any]]) -> str:
     return f"<table><tr><th>model</th>{head}</tr>{''.join(rows)}</table>"
 
 
-def _comparison_table(models: Sequence[Mapping[str, Any]]) -> str:
+def _comparison_table(models: Sequence[Mapping[str, Any]], baseline: str = "") -> str:
     rows = []
     for model in models:
         for metric, d in (model.get("vs_baseline") or {}).items():
@@ -310,9 +310,52 @@ def _comparison_table(models: Sequence[Mapping[str, Any]]) -> str:
                 f"<td>{_fmt(d['p_le_zero'])}</td></tr>")
     if not rows:
         return ""
-    return ("<h2>Paired comparison with the baseline</h2><table><tr><th>model</th>"
+    return (f"<h2>Paired comparison with the baseline {html.escape(baseline)}</h2>"
+            "<table><tr><th>model</th>"
             "<th>metric</th><th>mean difference</th><th>95% interval</th>"
             "<th>share of resamples &le; 0</th></tr>" + "".join(rows) + "</table>")
+
+
+AUDIT_MUST_BE_ZERO = ("cut_time_groups", "test_only_candidates")
+
+
+def audit_lines(audit: Mapping[str, Any] | None) -> list[str]:
+    """The leak audit as short text lines (for the printed table and the HTML page)."""
+    if not audit:
+        return ["leak audit: none recorded"]
+    after = audit.get("train_events_after_test_start")
+    share = audit.get("cold_positive_share")
+    random = audit.get("split_order") == "random"
+
+    def flag(key: str) -> str:
+        if audit.get(key) == 0:
+            return ""
+        if key == "cut_time_groups" and random:
+            return " (a random split: this published protocol ignores time)"
+        return " (MUST BE 0)"
+
+    lines = [
+        "leak audit: " + ", ".join(f"{k}={audit.get(k)}{flag(k)}" for k in AUDIT_MUST_BE_ZERO)
+        + ", train_events_after_test_start="
+        + ("-" if after is None else f"{after:.1%}")
+        + f", time_resolution={audit.get('time_resolution')}",
+        f"test positives: {audit.get('test_positives')}, cold (no training event): "
+        f"{audit.get('cold_positives')}" + ("" if share is None else f" ({share:.1%})")
+        + "; reachable via " + (", ".join(f"{k}: {v}" for k, v in
+                                          audit.get("cold_positive_reach", {}).items()) or "-"),
+    ]
+    if audit.get("cold_recall"):
+        lines.append(f"cold recall: {audit['cold_recall']}")
+    return lines
+
+
+def _audit_html(audit: Mapping[str, Any] | None) -> str:
+    bad = audit and (audit.get("test_only_candidates") or (
+        audit.get("cut_time_groups") and audit.get("split_order") != "random"))
+    colour = "#b00" if bad else "#070"
+    return (f"<div style='border:2px solid {colour};padding:0.5em 1em'><h2>Leak audit</h2>"
+            + "".join(f"<p>{html.escape(line)}</p>" for line in audit_lines(audit))
+            + "</div>")
 
 
 def _gallery(entries: Sequence[Mapping[str, Any]]) -> str:
@@ -357,7 +400,8 @@ def render_html(
     """
     models = [m for m in record.get("models", []) if "metrics" in m]
     skipped = [m for m in record.get("models", []) if "skipped" in m]
-    parts = [f"<h1>Evaluation: {html.escape(str(record.get('name', '')))}</h1>"]
+    parts = [f"<h1>Evaluation: {html.escape(str(record.get('name', '')))}</h1>",
+             _audit_html(record.get("audit"))]
     data = record.get("data", {})
     split = record.get("split", {})
     parts.append(
@@ -365,13 +409,17 @@ def render_html(
         f"{_fmt(data.get('items'))} items. Split <b>{html.escape(str(split.get('method')))}"
         f"</b> {html.escape(json.dumps(split.get('params', {})))}. Created "
         f"{html.escape(str(record.get('created', '')))}.</p>")
-    parts.append("<h2>Metrics (mean over evaluated users, 95% bootstrap interval)</h2>")
+    if record.get("tuning_protocol"):
+        parts.append(f"<p>Tuning: {html.escape(record['tuning_protocol'])}.</p>")
+    unit = "(user, window) pairs, users resampled" if split.get("method") == "rolling" \
+        else "evaluated users"
+    parts.append(f"<h2>Metrics (mean over {unit}; 95% bootstrap interval)</h2>")
     parts.append(_metrics_table(models))
     if skipped:
         parts.append("<p>Not evaluated: " + "; ".join(
             f"<b>{html.escape(m['name'])}</b> ({html.escape(str(m['skipped']))})"
             for m in skipped) + "</p>")
-    parts.append(_comparison_table(models))
+    parts.append(_comparison_table(models, str(record.get("baseline", ""))))
     png = plot_metric_vs_k(models)
     if png:
         parts.append("<h2>Metric vs k</h2>" + _img(png, "metric vs k"))
@@ -387,7 +435,8 @@ def render_html(
                 parts.append(f"<h2>Sweep: {html.escape(model['name'])}</h2>" + _img(png, "sweep"))
     if gallery:
         parts.append(_gallery(gallery))
-    summary = {k: record[k] for k in ("data", "split", "protocol", "environment") if k in record}
+    summary = {k: record[k] for k in ("audit", "data", "split", "protocol", "catalog",
+                                      "environment") if k in record}
     parts.append("<h2>Provenance</h2><pre>" +
                  html.escape(json.dumps(_finite(summary), indent=2, default=_json_default)) +
                  "</pre>")

@@ -27,7 +27,15 @@ data.path, data.options
     File and keyword options of :func:`recsys.interactions.load_interactions`;
     ``data.extra_files`` lists more files to fingerprint (a catalog, embeddings).
 split
-    ``method`` (a key of :data:`evaluation.splits.SPLITTERS`) and its parameters.
+    ``method`` (a key of :data:`evaluation.splits.SPLITTERS`) and its parameters, or
+    ``"rolling"`` with ``first_cutoff``, ``n_folds``, ``window_days``: the
+    rolling-origin backtest of :mod:`evaluation.backtest` (``tuning.n_windows``
+    validation windows before the first cut-off; ``baseline: "best"``).
+catalog
+    The declared candidate items (:mod:`evaluation.catalogs`): a list of parts,
+    default ``[{"part": "train"}]``. Without it a single split uses
+    ``protocol.candidate_items``; ``"all"`` is refused when it would make items whose
+    only events are test events candidates.
 protocol, k, metrics
     :class:`evaluation.protocol.Protocol` fields; ``relevance_threshold``
     defaults to the split's ``rating_threshold``.
@@ -75,10 +83,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
 
 from evaluation import report
+from evaluation.audit import cold_recall_note, items_only_in_test, leak_audit
+from evaluation.catalogs import LEAK_EXPLANATION, CatalogBuilder, CatalogLeakError
 from evaluation.metrics import ALL_METRICS, paired_bootstrap
-from evaluation.protocol import Protocol, evaluate
+from evaluation.protocol import Protocol, evaluate, relevance_sets
 from evaluation.splits import make_split, split_summary, validation_split
 from evaluation.tuning import grid_search
 from recsys.interactions import Interactions, load_interactions
@@ -90,7 +102,8 @@ ModelBuilder = Callable[[dict[str, Any]], Any]
 MODEL_BUILDERS: dict[str, ModelBuilder] = {}
 # visual recommenders, imported only when a config names them
 BUILTIN_FACTORIES = {"taste": "evaluation.adapters:taste_only",
-                     "blend": "evaluation.adapters:StyleSlates"}
+                     "blend": "evaluation.adapters:StyleSlates",
+                     "sources": "evaluation.adapters:SourceSlates"}
 PROTOCOL_KEYS = ("relevance_threshold", "exclude_train", "candidate_items", "map_normalization",
                  "position_model", "p_relevant", "p_irrelevant", "batch_size")
 
@@ -153,6 +166,14 @@ def check_config(config: Mapping[str, Any]) -> None:
         raise ValueError("config data section needs a 'path'")
     if "method" not in config["split"]:
         raise ValueError("config split section needs a 'method'")
+    if config["split"]["method"] == "rolling":
+        missing = {"first_cutoff", "n_folds"} - set(config["split"])
+        if missing:
+            raise ValueError(f"a rolling split needs {sorted(missing)}")
+    if "catalog" in config:
+        from evaluation.catalogs import check_catalog
+
+        check_catalog(config["catalog"])
     names = [m.get("name") for m in config["models"]]
     if not names or any(not n for n in names) or len(set(names)) != len(names):
         raise ValueError(f"every model needs a unique 'name', got {names}")
@@ -191,11 +212,39 @@ def _gallery(config: Mapping[str, Any]) -> list[dict[str, Any]]:
 def _fit(
     spec: Mapping[str, Any], params: Mapping[str, Any], train: Interactions
 ) -> tuple[Any, float]:
-    data = train.reweight(spec["weighting"]) if spec.get("weighting") else train
-    started = time.perf_counter()
-    model = build_model(spec["model"], params)
-    model.fit(data)
-    return model, time.perf_counter() - started
+    from evaluation.backtest import fit_model
+
+    return fit_model(spec, params, train)
+
+
+def _single_split_catalog(config: Mapping[str, Any], data: Interactions, train: Interactions,
+                          test: Interactions, protocol: Protocol
+                          ) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """The declared catalog of a single split and its leak audit; refuses a candidate
+    set that hands the ranker items whose only events are test events."""
+    if "catalog" in config:
+        times = test.events["time"]
+        start, end = (times.min(), times.max() + pd.Timedelta(days=1)) if len(test) and \
+            times.notna().all() else (pd.NaT, pd.NaT)
+        cat = CatalogBuilder(config["catalog"], data).build(train, test, start, end)
+        mask, parts, external = cat.mask, cat.parts, cat.external
+    else:
+        mask, parts, external = None, None, None
+    relevant, _, candidates = relevance_sets(train, test, protocol, mask)
+    if mask is None:
+        leaked = int((items_only_in_test(data, test) & candidates).sum())
+        if leaked:
+            raise CatalogLeakError(
+                f"protocol.candidate_items={protocol.candidate_items!r} makes {leaked} items "
+                f"whose only events are test events candidates: {LEAK_EXPLANATION}")
+        parts = {f"candidate_items:{protocol.candidate_items}": candidates}
+    audit = leak_audit(data, train, test, relevant, candidates, parts, external)
+    random = {"ratio", "stratified"} | ({"leave_one_out"} if config["split"].get("mode")
+                                        == "random" else set())
+    audit["split_order"] = "random" if config["split"]["method"] in random else "temporal"
+    audit["cold_recall"] = cold_recall_note(config.get("catalog")) if "catalog" in config \
+        else f"candidate_items={protocol.candidate_items!r}"
+    return mask, audit
 
 
 def _tune(spec: Mapping[str, Any], train: Interactions, protocol: Protocol, headline: str,
@@ -229,6 +278,60 @@ def _sweep(spec: Mapping[str, Any], params: Mapping[str, Any], train: Interactio
         points.append({"value": value, "fit_s": round(fit_s, 3),
                        "metrics": {m: summary[m] for m in metrics}})
     return {"param": sweep["param"], "points": points}
+
+
+def _single_split_models(
+    specs: Sequence[Mapping[str, Any]], train: Interactions, test: Interactions,
+    protocol: Protocol, headline: str, boot: Mapping[str, Any], config: Mapping[str, Any],
+    catalog: np.ndarray | None,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    models_out: list[dict[str, Any]] = []
+    per_user: dict[str, dict[str, np.ndarray]] = {}
+    user_ids: dict[str, np.ndarray] = {}
+    for spec in tqdm(specs, desc="models", unit="model"):
+        entry: dict[str, Any] = {"name": spec["name"], "model": spec["model"],
+                                 "weighting": spec.get("weighting")}
+        if spec.get("skip"):
+            entry["skipped"] = spec["skip"]
+            models_out.append(entry)
+            continue
+        params = dict(spec.get("params", {}))
+        if spec.get("tune"):
+            params, entry["tuning"] = _tune(spec, train, protocol, headline, config["split"])
+        model, fit_s = _fit(spec, params, train)
+        result = evaluate(model, train, test, protocol, catalog=catalog)
+        entry.update({
+            "params": params,
+            "fit_s": round(fit_s, 3),
+            "score_s": round(result.timings["score_s"], 3),
+            "n_users": len(result.user_ids),
+            "n_skipped_users": result.n_skipped_users,
+            "metrics": result.summary(**boot),
+        })
+        if spec.get("sweep"):
+            entry["sweep"] = _sweep(spec, params, train, test, protocol, boot, headline)
+        per_user[spec["name"]] = result.per_user
+        user_ids[spec["name"]] = result.user_ids
+        models_out.append(entry)
+        log.info("%s: %s=%.4f (fit %.1fs)", spec["name"], headline,
+                 entry["metrics"].get(headline, {}).get("mean", float("nan")), fit_s)
+    return models_out, per_user, user_ids
+
+
+def _compare(models_out: list[dict[str, Any]], per_user: Mapping[str, Mapping[str, np.ndarray]],
+             user_ids: Mapping[str, np.ndarray], baseline: str, compare: Sequence[str],
+             boot: Mapping[str, Any]) -> None:
+    if baseline not in per_user:
+        return
+    for entry in models_out:
+        name = entry["name"]
+        if name == baseline or name not in per_user:
+            continue
+        if not np.array_equal(user_ids[name], user_ids[baseline]):
+            raise RuntimeError("models were evaluated on different users")
+        entry["vs_baseline"] = {
+            m: paired_bootstrap(per_user[name][m], per_user[baseline][m], **boot)
+            for m in compare if m in per_user[name] and m in per_user[baseline]}
 
 
 def run(
@@ -274,80 +377,57 @@ def run(
     data = load_interactions(path, **options)
     split_cfg = dict(config["split"])
     method = split_cfg.pop("method")
-    train, test = make_split(data, method, **split_cfg)
     protocol = protocol_from_config(config)
     headline = _headline(config, protocol)
     boot = {"n_resamples": 1000, "confidence": 0.95, "seed": 0, **config.get("bootstrap", {})}
     specs = list(config["models"])
-    baseline = config.get("baseline", specs[0]["name"])
+    baseline = config.get("baseline", "best" if method == "rolling" else specs[0]["name"])
     if only_models:
         missing = set(only_models) - {s["name"] for s in specs}
         if missing:
             raise ValueError(f"no model(s) named {sorted(missing)} in the config")
-        specs = [s for s in specs if s["name"] in set(only_models) | {baseline}]
-    compare = config.get("compare_metrics", [headline])
+        keep = set(only_models) | {baseline}
+        specs = [s for s in specs if s["name"] in keep
+                 or (baseline == "best" and s.get("role") == "baseline")]
     log.info("evaluating %d model(s) on %s (%s split)", len(specs), data, method)
+    if method == "rolling":
+        from evaluation.backtest import run_backtest
 
-    models_out: list[dict[str, Any]] = []
-    per_user: dict[str, dict[str, np.ndarray]] = {}
-    user_ids: dict[str, np.ndarray] = {}
-    for spec in specs:
-        entry: dict[str, Any] = {"name": spec["name"], "model": spec["model"],
-                                 "weighting": spec.get("weighting")}
-        if spec.get("skip"):
-            entry["skipped"] = spec["skip"]
-            models_out.append(entry)
-            continue
-        params = dict(spec.get("params", {}))
-        if spec.get("tune"):
-            params, entry["tuning"] = _tune(spec, train, protocol, headline, config["split"])
-        model, fit_s = _fit(spec, params, train)
-        result = evaluate(model, train, test, protocol)
-        entry.update({
-            "params": params,
-            "fit_s": round(fit_s, 3),
-            "score_s": round(result.timings["score_s"], 3),
-            "n_users": len(result.user_ids),
-            "n_skipped_users": result.n_skipped_users,
-            "metrics": result.summary(**boot),
-        })
-        if spec.get("sweep"):
-            entry["sweep"] = _sweep(spec, params, train, test, protocol, boot, headline)
-        per_user[spec["name"]] = result.per_user
-        user_ids[spec["name"]] = result.user_ids
-        models_out.append(entry)
-        log.info("%s: %s=%.4f (fit %.1fs)", spec["name"], headline,
-                 entry["metrics"].get(headline, {}).get("mean", float("nan")), fit_s)
+        outcome = run_backtest(config, data, protocol, headline, boot, specs)
+        per_user, user_ids = outcome.pop("per_pair"), outcome.pop("pair_ids")
+        extra_files = outcome.pop("catalog_files")
+        outcome.pop("catalog")
+        sections = outcome
+    else:
+        train, test = make_split(data, method, **split_cfg)
+        catalog, audit = _single_split_catalog(config, data, train, test, protocol)
+        models_out, per_user, user_ids = _single_split_models(
+            specs, train, test, protocol, headline, boot, config, catalog)
+        _compare(models_out, per_user, user_ids, baseline,
+                 config.get("compare_metrics", [headline]), boot)
+        extra_files = [p["path"] for p in config.get("catalog", []) if "path" in p]
+        sections = {"split": {"method": method, "params": split_cfg,
+                              "summary": split_summary(train, test)},
+                    "audit": audit, "baseline": baseline, "models": models_out}
 
-    if baseline in per_user:
-        for entry in models_out:
-            name = entry["name"]
-            if name == baseline or name not in per_user:
-                continue
-            if not np.array_equal(user_ids[name], user_ids[baseline]):
-                raise RuntimeError("models were evaluated on different users")
-            entry["vs_baseline"] = {
-                m: paired_bootstrap(per_user[name][m], per_user[baseline][m], **boot)
-                for m in compare if m in per_user[name] and m in per_user[baseline]}
-
-    files = [path, *[Path(p) for p in data_cfg.get("extra_files", [])]]
+    files = [path, *[Path(p) for p in [*data_cfg.get("extra_files", []), *extra_files]]]
     record = {
         "format": FORMAT_VERSION,
         "name": config.get("name", out.name),
         "output": str(out),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "audit": sections.pop("audit"),
         "data": {
             "files": [report.file_fingerprint(p) for p in files],
             "rows": data.source.get("rows"),
             "events": len(data), "users": data.n_users, "items": data.n_items,
             "loader": options,
         },
-        "split": {"method": method, "params": split_cfg, "summary": split_summary(train, test)},
         "protocol": protocol.to_dict(),
+        "catalog": config.get("catalog"),
         "bootstrap": boot,
         "headline_metric": headline,
-        "baseline": baseline,
-        "models": models_out,
+        **sections,
         "environment": env,
         "config": dict(config),
         "elapsed_s": round(time.perf_counter() - started, 1),

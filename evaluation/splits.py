@@ -19,6 +19,15 @@ stratified_split       kept                        impossible (per-user cut)
 ratio_split            dropped (Cornac default)    dropped (Cornac default)
 =====================  ==========================  ==========================
 
+Time groups are never cut
+-------------------------
+Events of one user at the same timestamp form a *time group* whose internal order
+is unknown (for date-only logs such as H&M's ``t_dat``: one day's basket). Every
+temporal splitter puts a whole group on one side: cutting it would hold out "the
+rest of today's basket" and reward whatever recommends what the user just bought.
+:func:`time_resolution` says whether a log's times are dates only; the splitters
+log it, and :func:`split_summary` records it.
+
 Items unseen in training stay in the test set wherever the protocol allows:
 on the H&M sample about 57% of the articles a customer buys in the last 20% of
 their history were never bought by anyone in training, and dropping them would
@@ -46,14 +55,18 @@ The functions' examples below reuse these two imports.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from recsys.interactions import Interactions
+
+log = logging.getLogger(__name__)
 
 Split = tuple[Interactions, Interactions]
 
@@ -67,6 +80,51 @@ def _by_user_then_time(data: Interactions) -> np.ndarray:
     # so events on the same timestamp keep their order in the source file
     times = events["time"].to_numpy().astype("datetime64[ns]").astype(np.int64)
     return np.lexsort((np.arange(len(events)), times, events["user"].to_numpy()))
+
+
+def time_resolution(times: pd.Series) -> str:
+    """``"date"`` when every time is a midnight (a date-only column), ``"none"`` without
+    times, else ``"timestamp"``.
+
+    Examples
+    --------
+    >>> time_resolution(pd.Series(pd.to_datetime(["2020-09-01", "2020-09-02"])))
+    'date'
+    >>> time_resolution(pd.Series(pd.to_datetime(["2020-09-01 10:15"])))
+    'timestamp'
+    """
+    if len(times) == 0 or times.isna().all():
+        return "none"
+    valid = times.dropna()
+    return "date" if bool((valid == valid.dt.normalize()).all()) else "timestamp"
+
+
+def _say_resolution(data: Interactions) -> None:
+    if time_resolution(data.events["time"]) == "date":
+        log.info("the time column holds dates only: a user's events of one day form one "
+                 "group, which no split cuts")
+
+
+def _group_ids(users_sorted: np.ndarray, times_sorted: np.ndarray) -> np.ndarray:
+    """Id of each event's (user, time) group, for events ordered by (user, time)."""
+    new = np.r_[True, (users_sorted[1:] != users_sorted[:-1])
+                | (times_sorted[1:] != times_sorted[:-1])]
+    return np.cumsum(new) - 1
+
+
+def _whole_groups(held: np.ndarray, users_sorted: np.ndarray,
+                  times_sorted: np.ndarray) -> np.ndarray:
+    """Extend a per-event held-out mask (in (user, time) order) to whole time groups.
+
+    A group with any held-out event is held out entirely; a user whose every event
+    would then be held out keeps them all in training (nothing left to learn from).
+    """
+    gid = _group_ids(users_sorted, times_sorted)
+    group_held = np.zeros(gid[-1] + 1 if len(gid) else 0, dtype=bool)
+    np.logical_or.at(group_held, gid, held)
+    held = group_held[gid]
+    all_held = pd.Series(held).groupby(users_sorted).transform("all").to_numpy()
+    return held & ~all_held
 
 
 def _rank_within_user(users_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,11 +170,13 @@ def temporal_user_split(
     """Hold out the latest events of every user with enough history.
 
     For each user with at least ``min_items`` *distinct* items, the user's events
-    are ordered by time (ties keep their order in the log) and the last
-    ``test_k`` events, or the last ``round_half_up(test_fraction * n_events)``
-    events, go to ``test``; always at least one and at most ``n_events - 1``.
-    Users with fewer distinct items stay entirely in ``train`` (they are not
-    evaluated). Test items that nobody bought in ``train`` are kept.
+    are ordered by time and the last ``test_k`` events, or the last
+    ``round_half_up(test_fraction * n_events)`` events, are chosen; then the cut
+    moves to a time-group boundary: a group (same user, same timestamp; for dates,
+    same day) with any chosen event goes to ``test`` whole, so the test share can
+    exceed the fraction. A user whose every event would be held out (one group)
+    stays in ``train``. Users with fewer distinct items stay entirely in ``train``
+    (they are not evaluated). Test items that nobody bought in ``train`` are kept.
 
     Note that other users' events after a user's cut-off stay in ``train``: the
     per-user cut is the standard "predict each shopper's next purchases"
@@ -146,16 +206,24 @@ def temporal_user_split(
     ...                                   test_k=2, min_items=3)
     >>> sorted(test.item_ids[test.events["item"]].tolist())
     ['w', 'y']
+    >>> same_day = frame.assign(t=["2020-01-02", "2020-01-01", "2020-01-02", "2020-01-02"])
+    >>> _, test = temporal_user_split(Interactions.from_frame(same_day, time_col="t"),
+    ...                               test_k=1, min_items=3)
+    >>> sorted(test.item_ids[test.events["item"]].tolist())  # the whole last day
+    ['w', 'y', 'z']
     """
     if test_k is None:
         _check_fraction("test_fraction", test_fraction)
     elif test_k < 1:
         raise ValueError(f"test_k must be >= 1, got {test_k}")
+    _say_resolution(data)
     order = _by_user_then_time(data)
     users = data.events["user"].to_numpy()[order]
+    times = data.events["time"].to_numpy()[order]
     rank, length = _rank_within_user(users)
     eligible = _distinct_items_per_user(data)[users] >= max(min_items, 2)
     held = rank >= length - _n_test(length, test_fraction, test_k)
+    held = _whole_groups(held, users, times)
     test_mask = np.zeros(len(data), dtype=bool)
     test_mask[order[held & eligible]] = True
     return _split_mask(data, test_mask)
@@ -166,6 +234,7 @@ def temporal_global_split(
     cutoff: str | pd.Timestamp | None = None,
     *,
     test_fraction: float | None = None,
+    test_days: float | None = None,
     keep_cold_users: bool = False,
 ) -> Split:
     """Split every user at one moment: events at or after ``cutoff`` are test.
@@ -174,6 +243,9 @@ def temporal_global_split(
     ``cutoff`` time or a ``test_fraction``: the cut-off is then the time of the
     event at that quantile, and every event at that exact time goes to test, so
     the test share can exceed the fraction when timestamps are coarse (daily).
+    A time group is never cut: all its events share one time. With ``test_days``
+    the test window is the ``test_days`` days from the cut-off (the H&M
+    competition protocol: the 7 days after it); later events are in neither side.
 
     Test events of users with no training events (cold users) are dropped unless
     ``keep_cold_users``; a CF model has nothing to rank them from. Test items
@@ -187,6 +259,8 @@ def temporal_global_split(
         First moment of the test period.
     test_fraction : float, optional
         Share of events (by time) to hold out instead of a ``cutoff``.
+    test_days : float, optional
+        Length of the test window in days (default: everything after the cut-off).
     keep_cold_users : bool
         Keep test events of users with no training event.
 
@@ -205,20 +279,77 @@ def temporal_global_split(
     """
     if (cutoff is None) == (test_fraction is None):
         raise ValueError("give exactly one of cutoff or test_fraction")
+    if test_days is not None and not test_days > 0:
+        raise ValueError(f"test_days must be > 0, got {test_days}")
     times = data.events["time"]
     if times.isna().any():
         raise ValueError("this split needs a time for every event; the log has missing times")
+    _say_resolution(data)
     if cutoff is None:
         _check_fraction("test_fraction", test_fraction)
         ordered = np.sort(times.to_numpy())
         cut = ordered[len(ordered) - max(1, int(round(test_fraction * len(ordered))))]
     else:
         cut = pd.Timestamp(cutoff).to_datetime64()
-    test_mask = np.array(times >= cut, dtype=bool)
-    train_mask = ~test_mask
+    train_mask = np.array(times < cut, dtype=bool)
+    test_mask = ~train_mask
+    if test_days is not None:
+        test_mask &= np.array(times < cut + pd.Timedelta(days=test_days), dtype=bool)
     if not keep_cold_users:
-        test_mask &= _known_in(data.events["user"], test_mask, data.n_users)
+        test_mask &= _known_in(data.events["user"], ~train_mask, data.n_users)
     return data.select(train_mask), data.select(test_mask)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One window of a rolling-origin backtest: train strictly before ``cutoff``,
+    test in ``[cutoff, end)``."""
+
+    cutoff: pd.Timestamp
+    end: pd.Timestamp
+    train: Interactions
+    test: Interactions
+
+    @property
+    def label(self) -> str:
+        return self.cutoff.strftime("%Y-%m-%d")
+
+
+def rolling_origin_folds(
+    data: Interactions,
+    first_cutoff: str | pd.Timestamp,
+    n_folds: int,
+    window_days: float = 7,
+    *,
+    keep_cold_users: bool = False,
+) -> list[Fold]:
+    """K consecutive test windows, each trained on every event before its cut-off.
+
+    Fold ``i`` has cut-off ``first_cutoff + i * window_days`` and tests the
+    ``window_days`` days from it (:func:`temporal_global_split` with ``test_days``):
+    what a deployment retrained every window sees. Results are pooled over
+    (user, window) pairs.
+
+    Examples
+    --------
+    >>> frame = pd.DataFrame({"user_id": list("aabab"), "item_id": list("xyzxw"),
+    ...                       "t": ["2020-01-01", "2020-01-02", "2020-01-02",
+    ...                             "2020-01-04", "2020-01-06"]})
+    >>> data = Interactions.from_frame(frame, time_col="t")
+    >>> folds = rolling_origin_folds(data, "2020-01-03", n_folds=2, window_days=2)
+    >>> [(f.label, len(f.train), len(f.test)) for f in folds]
+    [('2020-01-03', 3, 1), ('2020-01-05', 4, 1)]
+    """
+    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 1:
+        raise ValueError(f"n_folds must be an integer >= 1, got {n_folds!r}")
+    first = pd.Timestamp(first_cutoff)
+    folds = []
+    for i in range(n_folds):
+        cut = first + pd.Timedelta(days=i * window_days)
+        train, test = temporal_global_split(data, cut, test_days=window_days,
+                                            keep_cold_users=keep_cold_users)
+        folds.append(Fold(cut, cut + pd.Timedelta(days=window_days), train, test))
+    return folds
 
 
 def leave_one_out_split(
@@ -228,13 +359,15 @@ def leave_one_out_split(
     seed: int = 0,
     min_items: int = 2,
 ) -> Split:
-    """Hold out one item per user: the latest one, or one chosen at random.
+    """Hold out one item per user: the latest one(s), or one chosen at random.
 
-    For each user with at least ``min_items`` distinct items, one item is
-    chosen: the item of the user's latest event (``mode="last"``; ties keep log
-    order) or a uniformly random one of the user's distinct items
-    (``mode="random"``, seeded). *All* of the user's events with that item go to
-    test, so the held-out item is really unseen for that user in training.
+    For each user with at least ``min_items`` distinct items: with ``mode="last"``
+    the user's latest time group goes to test (one event where timestamps are
+    distinct; on daily dates the whole last basket, since the order inside a day
+    is unknown; a user with one time group is not evaluated); with
+    ``mode="random"`` a uniformly random one of the user's distinct items, seeded,
+    and *all* of the user's events with it go to test, so the held-out item is
+    really unseen for that user in training.
 
     Parameters
     ----------
@@ -264,16 +397,18 @@ def leave_one_out_split(
     events = data.events
     eligible = _distinct_items_per_user(data) >= max(min_items, 2)
     if mode == "last":
+        _say_resolution(data)
         order = _by_user_then_time(data)
         users = events["user"].to_numpy()[order]
         is_last = np.r_[users[1:] != users[:-1], True]
-        chosen = pd.DataFrame({"user": users[is_last],
-                               "item": events["item"].to_numpy()[order][is_last]})
-    else:
-        pairs = events[["user", "item"]].drop_duplicates().sort_values(["user", "item"])
-        rng = np.random.default_rng(seed)
-        pick = pairs.assign(key=rng.random(len(pairs))).sort_values(["user", "key"])
-        chosen = pick.drop_duplicates("user")[["user", "item"]]
+        held = _whole_groups(is_last, users, events["time"].to_numpy()[order])
+        test_mask = np.zeros(len(data), dtype=bool)
+        test_mask[order[held & eligible[users]]] = True
+        return _split_mask(data, test_mask)
+    pairs = events[["user", "item"]].drop_duplicates().sort_values(["user", "item"])
+    rng = np.random.default_rng(seed)
+    pick = pairs.assign(key=rng.random(len(pairs))).sort_values(["user", "key"])
+    chosen = pick.drop_duplicates("user")[["user", "item"]]
     chosen = chosen[eligible[chosen["user"].to_numpy()]]
     key = events["user"].to_numpy().astype(np.int64) * data.n_items + events["item"].to_numpy()
     held = chosen["user"].to_numpy().astype(np.int64) * data.n_items + chosen["item"].to_numpy()
@@ -459,6 +594,7 @@ def split_summary(train: Interactions, test: Interactions) -> dict[str, Any]:
     pair = train.matrix[t_users, t_items] if len(test) else np.zeros((1, 0))
     n_test = max(len(test), 1)
     return {
+        "time_resolution": time_resolution(train.events["time"]),
         "train_events": len(train),
         "test_events": len(test),
         "train_users": int(train_users.sum()),

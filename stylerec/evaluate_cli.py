@@ -8,7 +8,7 @@ Examples
 .. code-block:: console
 
     $ stylerec evaluate --config configs/ml100k_cornac.json
-    $ stylerec evaluate --config configs/hm.json --model als --model bpr --out /tmp/hm
+    $ stylerec evaluate --config configs/hm_backtest.json --model als --out /tmp/hm
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from evaluation.report import audit_lines
 from evaluation.runner import load_config, run
 
 
@@ -56,6 +57,26 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
+def _cell(summary: dict[str, Any]) -> str:
+    """``mean [low, high]`` (the interval only where there is one)."""
+    mean, low = summary.get("mean"), summary.get("ci_low")
+    if low is None or math.isnan(low):
+        return _fmt(mean)
+    return f"{_fmt(mean)} [{_fmt(low)}, {_fmt(summary.get('ci_high'))}]"
+
+
+def _columns(record: dict[str, Any]) -> list[str]:
+    """The headline cut-off's metrics, headline first."""
+    headline = record["headline_metric"]
+    _, _, k = headline.partition("@")
+    names = [n for m in record["models"] for n in m.get("metrics", {})]
+    wanted = record.get("config", {}).get("print_metrics")
+    if wanted:
+        return list(wanted)
+    columns = [c for c in dict.fromkeys(names) if "@" not in c or not k or c.endswith(f"@{k}")]
+    return [headline] + [c for c in columns if c != headline]
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Handler of ``stylerec evaluate``: run, then print a one-table summary."""
     config: dict[str, Any] = load_config(args.config)
@@ -63,18 +84,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         config["bootstrap"] = {**config.get("bootstrap", {}), "n_resamples": args.bootstrap}
     record = run(config, out_dir=args.out, data_path=args.data, only_models=args.model,
                  html=not args.no_html)
+    for line in audit_lines(record.get("audit")):
+        print(line)
+    if record.get("tuning_protocol"):
+        print(f"tuning: {record['tuning_protocol']}")
     # one cut-off keeps the table readable; record.json and report.html have them all
-    _, _, k = record["headline_metric"].partition("@")
-    names = [n for m in record["models"] for n in m.get("metrics", {})]
-    columns = [c for c in dict.fromkeys(names) if "@" not in c or not k or c.endswith(f"@{k}")]
+    columns = _columns(record)
     width = max([len(m["name"]) for m in record["models"]] + [5])
-    print(f"{'model':<{width}}  " + "  ".join(f"{c:>12}" for c in columns))
+    print(f"{'model':<{width}}  " + "  ".join(f"{c:>24}" for c in columns)
+          + f"  {'vs ' + str(record.get('baseline')):>28}")
     for model in record["models"]:
         if "skipped" in model:
             print(f"{model['name']:<{width}}  skipped: {model['skipped']}")
             continue
-        cells = [_fmt(model["metrics"].get(c, {}).get("mean")) for c in columns]
-        print(f"{model['name']:<{width}}  " + "  ".join(f"{c:>12}" for c in cells))
+        cells = [_cell(model["metrics"].get(c, {})) for c in columns]
+        diff = (model.get("vs_baseline") or {}).get(record["headline_metric"])
+        versus = "" if diff is None else (f"{diff['diff']:+.4f} [{diff['ci_low']:+.4f}, "
+                                          f"{diff['ci_high']:+.4f}]")
+        print(f"{model['name']:<{width}}  " + "  ".join(f"{c:>24}" for c in cells)
+              + f"  {versus:>28}")
     out = Path(record["output"])
     print(f"wrote {out / 'record.json'}" + ("" if args.no_html else f" and {out / 'report.html'}"))
     tuned = {m["name"]: m["params"] for m in record["models"] if m.get("tuning")}

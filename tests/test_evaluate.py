@@ -156,6 +156,7 @@ def _config(tmp_path: Path) -> dict:
         "name": "synthetic",
         "data": {"path": str(log), "options": {"time_col": "t_dat"}},
         "split": {"method": "temporal_user", "test_fraction": 0.25, "min_items": 3},
+        "protocol": {"candidate_items": "train"},
         "k": [3, 5],
         "metrics": ["precision", "recall", "ndcg", "map", "auc", "coverage", "novelty",
                     "slate_ctr"],
@@ -252,7 +253,8 @@ def test_config_errors_are_clear(tmp_path):
         load_config(tmp_path / "missing.json")
 
 
-@pytest.mark.parametrize("name", ["ml100k_cornac.json", "ml100k_msrec.json", "hm.json"])
+@pytest.mark.parametrize("name", ["ml100k_cornac.json", "ml100k_msrec.json",
+                                  "hm_backtest.json"])
 def test_shipped_configs_are_valid(name):
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
     assert config["models"][0]["name"] == "popularity"
@@ -342,8 +344,13 @@ def test_visual_recommenders_plug_in_through_the_adapter(tmp_path):
     blend = build_model("blend", {**params, "blend": 0.5}).fit(train)
     ids, scores = blend.recommend(["u0"], k=3)
     assert ids.shape == (1, 3) and scores[0, 0] >= scores[0, 1]
-    with pytest.raises(ValueError, match="always removes"):
-        blend.recommend(["u0"], k=3, filter_seen=False)
+    # StyleRecommender never proposes a repurchase: filter_seen=False changes nothing
+    assert (blend.recommend(["u0"], k=3, filter_seen=False)[0] == ids).all()
+    # a declared catalog limits what the visual models rank
+    declared = [f"{c}{j}" for c in "rb" for j in range(4)]
+    limited = build_model("taste", dict(params)).fit(train, catalog_items=declared)
+    assert set(limited.recommend([f"u{u}" for u in range(12)], k=4)[0].ravel()) - {""} <= set(
+        declared)
     groups = tmp_path / "groups.csv"
     groups.write_text("article_id,product_code\nr0,G\nb7,G\nr1,H\n")
     family = build_model("blend", {**params, "blend": 0.5, "groups": groups,

@@ -69,12 +69,15 @@ def test_temporal_user_split_holds_out_the_latest_events_of_eligible_users():
         assert held["time"].min() >= kept["time"].max()
 
 
-def test_temporal_user_split_last_k_and_ties_follow_log_order():
+def test_temporal_user_split_never_cuts_a_day():
     frame = pd.DataFrame({"user_id": ["a"] * 5, "item_id": list("vwxyz"),
                           "t": ["2020-01-01"] * 3 + ["2020-01-02"] * 2})
     data = Interactions.from_frame(frame, time_col="t")
-    _, test = temporal_user_split(data, test_k=3, min_items=2)
-    assert sorted(test.item_ids[test.events["item"]].tolist()) == ["x", "y", "z"]
+    _, test = temporal_user_split(data, test_k=1, min_items=2)
+    assert sorted(test.item_ids[test.events["item"]].tolist()) == ["y", "z"]
+    # 3 of 5 would cut 2020-01-01; holding out both days leaves nothing to train on
+    train, test = temporal_user_split(data, test_k=3, min_items=2)
+    assert len(test) == 0 and len(train) == 5
 
 
 def test_temporal_user_split_keeps_items_unseen_in_train():
@@ -115,6 +118,8 @@ def test_leave_one_out_holds_out_one_item_per_user(mode):
     assert (per_user == 1).all()
     eligible = data.events.groupby("user")["item"].nunique() >= 2
     assert set(per_user.index) == set(eligible[eligible].index)
+    if mode == "last":  # the latest event; the item may have been bought before
+        return
     # the held-out item is gone from the user's training events
     pairs = set(zip(train.events["user"], train.events["item"], strict=True))
     assert not any(p in pairs for p in zip(test.events["user"], test.events["item"], strict=True))
@@ -217,7 +222,12 @@ def test_hm_temporal_split_keeps_cold_items(hm_dir):
     summary = split_summary(train, test)
     # most held-out purchases are of articles nobody bought in training: they stay
     assert 0.5 < summary["cold_item_share"] < 0.6
-    assert summary["test_users"] == 887 and summary["cold_user_share"] == 0.0
+    # 887 customers have >= 5 articles; 111 of them bought everything the held-out
+    # share reaches on their first day, and whole days are never cut
+    assert summary["test_users"] == 776 and summary["cold_user_share"] == 0.0
+    assert summary["time_resolution"] == "date"
+    train_days = set(zip(train.events["user"], train.events["time"], strict=True))
+    assert not train_days & set(zip(test.events["user"], test.events["time"], strict=True))
 
 
 def test_ml100k_cornac_ratio_split_sizes(ml100k_dir):
