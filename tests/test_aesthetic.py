@@ -1,4 +1,4 @@
-"""Aesthetic space, style library, matcher, personal styles, adaptive rendering, style-fit judges."""
+"""Aesthetic space, style library, matcher, personal styles, adaptive renders, style-fit judges."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def test_space_centres_each_domain_and_weights_blocks():
     # after centring, texture and style of the two domains are comparable despite the
     # offset between them
     zi, zs = space.transform(items, "items"), space.transform(styles, "styles")
-    assert abs(float((zi.mean(0) @ zs.mean(0)))) < 0.2
+    assert abs(float(zi.mean(0) @ zs.mean(0))) < 0.2
     only_palette = AestheticSpace({"texture": 0, "style": 0}).fit(items, styles)
     out = only_palette.transform(items[:3], "items")
     assert np.allclose(out[:, 245:], 0) and np.allclose(np.linalg.norm(out, axis=1), 1)
