@@ -131,7 +131,7 @@ class Backtest:
         users : ndarray of str
             The user of each pair (the bootstrap's resampling unit).
         info : dict
-            Fit and score seconds, per-window headline-free means and catalog metrics.
+            Fit and score seconds, each window's metric means, catalog metrics.
         """
         protocol = protocol or self.protocol
         per_pair: dict[str, list[np.ndarray]] = {}
@@ -151,7 +151,8 @@ class Backtest:
             users.append(result.user_ids)
             pair_ids.append(np.char.add(result.user_ids.astype(str), "@" + fold.label))
             windows.append({"cutoff": fold.label, "pairs": len(result.user_ids),
-                            **{n: float(np.nanmean(v)) for n, v in result.per_user.items()}})
+                            **{n: float(np.nanmean(v)) if np.isfinite(v).any() else None
+                               for n, v in result.per_user.items()}})
         info = {"fit_s": round(fit_s, 2), "score_s": round(score_s, 2), "per_window": windows,
                 "catalog_metrics": {n: float(np.mean(v)) for n, v in catalog_metrics.items()}}
         return ({n: np.concatenate(v) for n, v in per_pair.items()},
@@ -167,7 +168,7 @@ def _tune(spec: Mapping[str, Any], validation: Backtest, metric: str) -> tuple[d
     for i, point in enumerate(tqdm(grid, desc=f"{spec['name']} tuning", unit="setting",
                                    leave=False)):
         params = {**spec.get("params", {}), **point}
-        per_pair, _, users, info = validation.evaluate(
+        per_pair, _, _, info = validation.evaluate(
             spec, params, narrow, desc=f"{spec['name']} setting {i + 1}/{len(grid)}")
         trials.append({"params": point, "metrics": {metric: float(np.nanmean(per_pair[metric]))},
                        "fit_s": info["fit_s"]})

@@ -28,7 +28,7 @@ import pandas as pd
 
 from ground.files import atomic_write
 from recsys.catalog import Catalog
-from recsys.interactions import KNOWN_SCHEMAS, Interactions, load_interactions
+from recsys.interactions import Interactions, load_interactions, pick_columns
 
 SEPARATOR = "#"
 
@@ -79,10 +79,8 @@ def replicate(frame: pd.DataFrame, factor: int, user_col: str, item_col: str) ->
 def detect_columns(frame: pd.DataFrame) -> tuple[str, str, str | None]:
     """User, item and time (None if absent) columns of a log, by the layouts
     :func:`~recsys.interactions.load_interactions` knows."""
-    for user_col, item_col, time_col, _ in KNOWN_SCHEMAS.values():
-        if user_col in frame.columns and item_col in frame.columns:
-            return user_col, item_col, time_col if time_col in frame.columns else None
-    raise ValueError(f"can't tell the user and item columns from {list(frame.columns)}")
+    user_col, item_col, time_col, _ = pick_columns(frame)
+    return user_col, item_col, time_col
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: Path) -> Path:

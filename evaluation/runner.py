@@ -68,6 +68,10 @@ Anything with ``fit(Interactions)`` and either ``score(user_ids)`` +
 ``item_ids_`` or ``recommend(user_ids, k, filter_seen=True)``: name its factory
 as ``"model": "package.module:factory"`` (called with ``params``), or register a
 builder once with :func:`register_model_builder`.
+
+A ``module:factory`` name imports and runs that module's code, so a config that
+names one runs only with ``run(..., allow_code=True)`` (``stylerec evaluate
+--allow-code``): reading a config from someone else must not run their code.
 """
 
 from __future__ import annotations
@@ -158,10 +162,18 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 
 def check_config(config: Mapping[str, Any]) -> None:
-    """Raise ValueError naming the first problem in a config."""
+    """Raise ValueError naming the first problem in a config (keys and their shapes)."""
+    if not isinstance(config, Mapping):
+        raise ValueError(f"a config is a JSON object, got {type(config).__name__}")
     for key in ("data", "split", "models"):
         if key not in config:
             raise ValueError(f"config needs a {key!r} section")
+    for key, kind in (("data", Mapping), ("split", Mapping), ("models", list),
+                      ("protocol", Mapping), ("bootstrap", Mapping), ("k", list),
+                      ("metrics", list)):
+        if key in config and not isinstance(config[key], kind):
+            shape = "an object {...}" if kind is Mapping else "a list [...]"
+            raise ValueError(f"config {key!r} must be {shape}, got {config[key]!r:.60}")
     if "path" not in config["data"]:
         raise ValueError("config data section needs a 'path'")
     if "method" not in config["split"]:
@@ -174,6 +186,15 @@ def check_config(config: Mapping[str, Any]) -> None:
         from evaluation.catalogs import check_catalog
 
         check_catalog(config["catalog"])
+    if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in config.get("k", [])):
+        raise ValueError(f"config 'k' must list integers >= 1, got {config['k']}")
+    for spec in config["models"]:
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"each entry of 'models' must be an object, got {spec!r:.60}")
+        for key, kind in (("params", Mapping), ("tune", Mapping), ("sweep", Mapping)):
+            if key in spec and not isinstance(spec[key], kind):
+                raise ValueError(f"model {spec.get('name')!r}: {key!r} must be an object, "
+                                 f"got {spec[key]!r:.60}")
     names = [m.get("name") for m in config["models"]]
     if not names or any(not n for n in names) or len(set(names)) != len(names):
         raise ValueError(f"every model needs a unique 'name', got {names}")
@@ -183,6 +204,22 @@ def check_config(config: Mapping[str, Any]) -> None:
     unknown = set(config.get("protocol", {})) - set(PROTOCOL_KEYS)
     if unknown:
         raise ValueError(f"unknown protocol key(s) {sorted(unknown)}; known: {PROTOCOL_KEYS}")
+
+
+def check_code(config: Mapping[str, Any], allow_code: bool) -> None:
+    """Refuse a config whose models name ``module:factory`` code unless ``allow_code``.
+
+    Raises
+    ------
+    PermissionError
+        Naming the models and the flag that allows them.
+    """
+    code = [spec["model"] for spec in config["models"]
+            if spec.get("model") not in MODEL_BUILDERS and spec.get("model") not in
+            BUILTIN_FACTORIES and ":" in str(spec.get("model"))]
+    if code and not allow_code:
+        raise PermissionError(f"the config names code to import and run ({', '.join(code)}); "
+                              "if you trust it, pass --allow-code (run(..., allow_code=True))")
 
 
 def protocol_from_config(config: Mapping[str, Any]) -> Protocol:
@@ -341,6 +378,7 @@ def run(
     data_path: str | Path | None = None,
     only_models: Sequence[str] | None = None,
     html: bool = True,
+    allow_code: bool = False,
 ) -> dict[str, Any]:
     """Run the evaluation a config describes and write its outputs.
 
@@ -356,6 +394,8 @@ def run(
         Evaluate only these model names (the baseline is always kept).
     html : bool
         Also write ``report.html``.
+    allow_code : bool
+        Run ``"package.module:factory"`` models (they import and run code).
 
     Returns
     -------
@@ -368,6 +408,7 @@ def run(
     >>> record["models"][1]["metrics"]["ndcg@10"]["mean"]  # doctest: +SKIP
     """
     check_config(config)
+    check_code(config, allow_code)
     env = report.environment()  # before fitting: the code that runs, not what is on disk later
     out = Path(out_dir or config.get("output") or f"out/evaluate/{config.get('name', 'run')}")
     data_cfg = config["data"]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+log = logging.getLogger(__name__)
+
+# what PIL decodes (a GIF's first frame is the image)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 class Catalog:
@@ -15,7 +19,9 @@ class Catalog:
 
     Paths are stored relative to ``root``; absolute paths and paths that resolve
     outside the root (``..``, symlinks) are refused, so a catalog file can never
-    make the library read arbitrary files.
+    make the library read arbitrary files. A folder scan
+    (:meth:`from_directory`) skips a file that escapes (a symbolic link out of
+    the root) and records it in ``skipped``; the rest of the catalog stays usable.
 
     Examples
     --------
@@ -29,6 +35,7 @@ class Catalog:
         if not self.root.is_dir():
             raise NotADirectoryError(f"catalog root is not a directory: {root}")
         self._paths: dict[str, Path] = {}
+        self.skipped: dict[str, str] = {}
         for item_id, rel in paths.items():
             self._paths[str(item_id)] = self._confine(str(item_id), Path(rel))
 
@@ -42,10 +49,18 @@ class Catalog:
         Two files with the same stem are an error (the id would be ambiguous).
         """
         root = Path(root)
+        if not root.is_dir():
+            raise NotADirectoryError(f"image folder not found: {root}")
         allowed = {s.lower() for s in suffixes}
         paths: dict[str, Path] = {}
+        skipped: dict[str, str] = {}
+        resolved_root = root.resolve()
         for path in sorted(root.glob(pattern)):
             if path.suffix.lower() not in allowed or not path.is_file():
+                continue
+            if not path.resolve().is_relative_to(resolved_root):
+                skipped[path.stem] = f"{path} resolves outside {resolved_root}"
+                log.warning("skipping item %s: %s", path.stem, skipped[path.stem])
                 continue
             if path.stem in paths:
                 raise ValueError(
@@ -54,8 +69,11 @@ class Catalog:
                 )
             paths[path.stem] = path.relative_to(root)
         if not paths:
-            raise ValueError(f"no images matching {pattern!r} under {root}")
-        return cls(root, paths)
+            raise ValueError(f"no images ({', '.join(sorted(allowed))}) matching {pattern!r} "
+                             f"under {root}")
+        catalog = cls(root, paths)
+        catalog.skipped = skipped
+        return catalog
 
     @classmethod
     def from_csv(

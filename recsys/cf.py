@@ -15,9 +15,11 @@ Examples
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import warnings
+import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,15 +31,22 @@ from implicit import nearest_neighbours
 from implicit.cpu.als import AlternatingLeastSquares
 from implicit.cpu.bpr import BayesianPersonalizedRanking
 from implicit.cpu.lmf import LogisticMatrixFactorization
+from implicit.recommender_base import ModelFitError
 from implicit.utils import ParameterWarning
 from threadpoolctl import threadpool_limits
 
-from ground.files import atomic_directory, read_meta
-from recsys.interactions import Interactions, _IdPositions, _lookup
+from ground.files import (
+    atomic_directory,
+    pack_strings,
+    read_meta,
+    saved_directory,
+    unpack_strings,
+)
+from recsys.interactions import MAX_ID_LENGTH, Interactions, _IdPositions, _lookup
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ids packed as UTF-8 (1: fixed-width unicode arrays)
 MODELS: dict[str, type[Recommender]] = {}
 
 
@@ -59,7 +68,14 @@ def create_model(name: str, **params: Any) -> Recommender:
         cls = MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; available: {sorted(MODELS)}") from None
-    return cls(**params)
+    accepted = inspect.signature(cls.__init__).parameters
+    unknown = sorted(set(params) - set(accepted) - {"self"})
+    if unknown:
+        valid = [p for p in accepted if p != "self"]
+        raise ValueError(f"unknown parameter(s) {unknown} for model {name!r}; valid: {valid}")
+    model = cls(**params)
+    model._check_params()
+    return model
 
 
 class Recommender(_IdPositions, ABC):
@@ -71,6 +87,7 @@ class Recommender(_IdPositions, ABC):
 
     name: ClassVar[str] = "base"
     _array_names: ClassVar[tuple[str, ...]] = ()
+    _folds_in: ClassVar[bool] = True  # scores of a new user come from their history
 
     def get_params(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.endswith("_") and not
@@ -80,6 +97,40 @@ class Recommender(_IdPositions, ABC):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
+    # parameters that must be >= 1 (an untrained or empty model otherwise)
+    _at_least_one: ClassVar[tuple[str, ...]] = ("factors", "iterations", "neighbours",
+                                                "batch_size", "neg_prop")
+
+    def _check_params(self) -> None:
+        """Raise ValueError naming a parameter whose value has the wrong type or range.
+
+        Types follow the defaults: an int default takes an integer, a float default
+        a finite number, a string default a string, ``None`` (a seed) an integer.
+        """
+        for name, param in inspect.signature(type(self).__init__).parameters.items():
+            value, default = getattr(self, name, None), param.default
+            if name == "self" or default is inspect.Parameter.empty or (
+                    name == "random_state" and value is None):
+                continue
+            integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, int) or default is None:
+                ok = integer or (default is None and value is None)
+            elif isinstance(default, float):
+                ok = (integer or isinstance(value, float)) and bool(np.isfinite(value))
+            else:
+                ok = isinstance(value, type(default))
+            if not ok:
+                kind = "an integer" if isinstance(default, int) or default is None else (
+                    "a finite number" if isinstance(default, float) else
+                    f"a {type(default).__name__}")
+                raise ValueError(f"{self.name} parameter {name} must be {kind}, got {value!r}")
+            if name in self._at_least_one and value < 1:
+                raise ValueError(f"{self.name} parameter {name} must be >= 1, got {value!r}")
+            if isinstance(default, (int, float)) and value < 0:
+                raise ValueError(f"{self.name} parameter {name} must be >= 0, got {value!r}")
+
     # -- fitting --------------------------------------------------------------
 
     def fit(self, interactions: Interactions) -> Recommender:
@@ -88,13 +139,21 @@ class Recommender(_IdPositions, ABC):
             raise TypeError(f"fit expects Interactions, got {type(interactions).__name__}")
         if interactions.matrix.nnz == 0:
             raise ValueError("cannot fit on an interaction log with no positive weights")
+        self._check_params()
         self.user_ids_ = np.asarray(interactions.user_ids, dtype=str)
         self.item_ids_ = np.asarray(interactions.item_ids, dtype=str)
         self.user_items_ = interactions.matrix.astype(np.float32).tocsr()
         with threadpool_limits(limits=1, user_api="blas"):
             self._fit(self.user_items_)
+        self._check_finite("fitting")
         log.info("fitted %r on %s", self, interactions)
         return self
+
+    def _check_finite(self, when: str) -> None:
+        for name in self._array_names:
+            values = np.asarray(getattr(self, name))
+            if values.dtype.kind == "f" and not np.isfinite(values).all():
+                raise ValueError(_non_finite(self.name, name, when))
 
     @abstractmethod
     def _fit(self, user_items: sp.csr_matrix) -> None: ...
@@ -134,11 +193,20 @@ class Recommender(_IdPositions, ABC):
         sub = history.matrix[rows].tocoo()
         cols = to_model[sub.col]
         keep = cols >= 0
-        return sp.csr_matrix(
+        rows = sp.csr_matrix(
             (sub.data[keep], (sub.row[keep], cols[keep])),
             shape=(len(user_ids), len(self.item_ids_)),
             dtype=np.float32,
         )
+        empty = (np.diff(rows.indptr) == 0) & (_lookup(self._user_pos, user_ids, "user",
+                                                        "ignore") < 0)
+        if self._folds_in and empty.any():
+            names = [user_ids[i] for i in np.flatnonzero(empty)[:5]]
+            raise ValueError(
+                f"user id(s) {names} ({int(empty.sum())} in all): none of their history items "
+                "was seen at fit time, so there is nothing to fold in; use the popularity "
+                "model for them (StyleRecommender falls back to it and sets Slate.fallback)")
+        return rows
 
     def score(self, user_ids: Sequence[str], history: Interactions | None = None) -> np.ndarray:
         """Raw scores of every item for each user: float32 ``[n_users, n_items]``.
@@ -189,8 +257,9 @@ class Recommender(_IdPositions, ABC):
         cand = None
         if candidates is not None:
             cand = np.unique(_lookup(self._item_pos, candidates, "item", "raise"))
-        ids, scores = self._recommend(known, rows, k, filter_seen, cand)
-        return self._to_external(ids, scores, k)
+        ids, scores = self._recommend(known, rows, min(k, len(self.item_ids_)), filter_seen,
+                                      cand)
+        return self._to_external(ids, scores, k, rows if filter_seen else None, cand)
 
     def _recommend(
         self, known: np.ndarray, rows: sp.csr_matrix, k: int, filter_seen: bool,
@@ -199,10 +268,29 @@ class Recommender(_IdPositions, ABC):
         scores = self._scores(known, rows).astype(np.float32)
         return top_k(scores, k, rows if filter_seen else None, candidates)
 
-    def _to_external(self, ids: np.ndarray, scores: np.ndarray, k: int):
-        ids = np.asarray(ids).reshape(len(ids), -1)
+    def _to_external(self, ids: np.ndarray, scores: np.ndarray, k: int,
+                     seen: sp.csr_matrix | None, candidates: np.ndarray | None):
+        """External ids, best first; padding, seen, duplicate and non-candidate items
+        (implicit pads a short list with item 0) move to the end as ``""`` / ``-inf``."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(len(ids), -1)
         scores = np.asarray(scores, dtype=np.float32).reshape(len(ids), -1)
         valid = (ids >= 0) & np.isfinite(scores) & (scores > -1e30)
+        n_items = len(self.item_ids_)
+        keys = np.arange(len(ids))[:, None] * n_items + ids
+        if seen is not None:
+            coo = seen.tocoo()
+            valid &= ~np.isin(keys, coo.row.astype(np.int64) * n_items + coo.col)
+        if candidates is not None:
+            valid &= np.isin(ids, candidates)
+        # a repeated item keeps its first (best) place: a stable sort puts it first
+        by_id = np.argsort(ids, axis=1, kind="stable")
+        sorted_ids = np.take_along_axis(ids, by_id, axis=1)
+        repeat = np.zeros(ids.shape, dtype=bool)
+        repeat[:, 1:] = sorted_ids[:, 1:] == sorted_ids[:, :-1]
+        np.put_along_axis(valid, by_id, np.take_along_axis(valid, by_id, axis=1) & ~repeat,
+                          axis=1)
+        order = np.argsort(~valid, axis=1, kind="stable")
+        ids, scores, valid = (np.take_along_axis(a, order, axis=1) for a in (ids, scores, valid))
         out_ids = np.full((len(ids), k), "", dtype=self.item_ids_.dtype)
         out_scores = np.full((len(ids), k), -np.inf, dtype=np.float32)
         width = min(k, ids.shape[1])
@@ -215,18 +303,19 @@ class Recommender(_IdPositions, ABC):
     def save(self, path: str | Path) -> Path:
         """Write the fitted model to a directory: ``model.json`` + ``arrays.npz``.
 
-        No pickle: arrays are plain numeric/unicode numpy arrays, the rest JSON.
-        The directory is replaced atomically.
+        No pickle: arrays are plain numeric numpy arrays (ids packed as UTF-8), the
+        rest JSON. The directory is replaced atomically, and only if it is new, empty
+        or a saved model (see :func:`ground.files.atomic_directory`).
         """
         self._check_fitted()
         ui = self.user_items_
         arrays = {
-            "user_ids": self.user_ids_, "item_ids": self.item_ids_,
+            **_pack_ids("user_ids", self.user_ids_), **_pack_ids("item_ids", self.item_ids_),
             "ui_data": ui.data, "ui_indices": ui.indices, "ui_indptr": ui.indptr,
             **{name: np.asarray(getattr(self, name)) for name in self._array_names},
         }
         meta = {"format": FORMAT_VERSION, "model": self.name, "params": self.get_params()}
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, "model.json") as tmp:
             np.savez(tmp / "arrays.npz", **arrays)
             (tmp / "model.json").write_text(json.dumps(meta, indent=2))
         return Path(path)
@@ -234,24 +323,51 @@ class Recommender(_IdPositions, ABC):
     @classmethod
     def load(cls, path: str | Path) -> Recommender:
         """Load a model written by :meth:`save` (any registered model class)."""
-        path = Path(path)
-        meta = read_meta(path, "model.json", "model", FORMAT_VERSION)
+        path = saved_directory(path, "model.json")
+        meta = read_meta(path, "model.json", "model", (1, FORMAT_VERSION))
         model = create_model(meta["model"], **meta["params"])
         if cls is not Recommender and not isinstance(model, cls):
             raise TypeError(f"{path} holds a {meta['model']!r} model, not {cls.__name__}")
-        with np.load(path / "arrays.npz", allow_pickle=False) as z:
-            model.user_ids_ = z["user_ids"]
-            model.item_ids_ = z["item_ids"]
-            model.user_items_ = sp.csr_matrix(
-                (z["ui_data"], z["ui_indices"], z["ui_indptr"]),
-                shape=(len(model.user_ids_), len(model.item_ids_)),
-            )
-            model._restore({name: z[name] for name in model._array_names})
+        try:
+            with np.load(path / "arrays.npz", allow_pickle=False) as z:
+                model.user_ids_ = _unpack_ids("user_ids", z)
+                model.item_ids_ = _unpack_ids("item_ids", z)
+                model.user_items_ = sp.csr_matrix(
+                    (z["ui_data"], z["ui_indices"], z["ui_indptr"]),
+                    shape=(len(model.user_ids_), len(model.item_ids_)),
+                )
+                model._restore({name: z[name] for name in model._array_names})
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{path / 'arrays.npz'} is damaged or was not written by "
+                             f"stylerec ({type(err).__name__}: {err}); fit the model again"
+                             ) from err
+        model._check_finite("loading")
         return model
 
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
         for name, value in arrays.items():
             setattr(self, name, value)
+
+
+def _non_finite(model: str, what: str, when: str) -> str:
+    return (f"{model}: {what} became NaN or infinite when {when}; the confidence weights are "
+            "probably too large: use weighting='log1p' or 'bm25' (--weighting), a smaller "
+            "alpha or learning_rate, or more regularization")
+
+
+def _pack_ids(name: str, ids: np.ndarray) -> dict[str, np.ndarray]:
+    too_long = [i for i in ids if len(i) > MAX_ID_LENGTH]
+    if too_long:
+        raise ValueError(f"{name[:-1].replace('_', ' ')} {too_long[0][:40]!r}... is "
+                         f"{len(too_long[0])} characters long; ids may have at most "
+                         f"{MAX_ID_LENGTH}")
+    return {f"{name}_{key}": value for key, value in pack_strings(ids).items()}
+
+
+def _unpack_ids(name: str, arrays: Any) -> np.ndarray:
+    if f"{name}_utf8" in arrays:
+        return unpack_strings(arrays[f"{name}_utf8"], arrays[f"{name}_ends"])
+    return arrays[name]  # format 1
 
 
 def top_k(
@@ -290,6 +406,7 @@ class PopularityRecommender(Recommender):
     """
 
     _array_names = ("popularity_",)
+    _folds_in = False
 
     def _fit(self, user_items: sp.csr_matrix) -> None:
         self.popularity_ = np.bincount(user_items.indices, minlength=user_items.shape[1]).astype(
@@ -313,7 +430,11 @@ class _ImplicitModel(Recommender):
 
     def _fit(self, user_items: sp.csr_matrix) -> None:
         model = self._build()
-        model.fit(user_items, show_progress=False)
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # non-finite: checked below
+                model.fit(user_items, show_progress=False)
+        except ModelFitError as err:  # implicit's check for NaN factors
+            raise ValueError(_non_finite(self.name, "the factors", "fitting")) from err
         self.model_ = model
 
 
@@ -567,7 +688,7 @@ class UniformBPRRecommender(Recommender):
     def __init__(self, factors: int = 64, learning_rate: float = 0.05,
                  regularization: float = 0.01, iterations: int = 30, batch_size: int = 1000,
                  random_state: int | None = 0) -> None:
-        for name, value, low in (("factors", factors, 1), ("iterations", iterations, 0),
+        for name, value, low in (("factors", factors, 1), ("iterations", iterations, 1),
                                  ("batch_size", batch_size, 1)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")

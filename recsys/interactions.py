@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -14,16 +15,25 @@ import scipy.sparse as sp
 
 log = logging.getLogger(__name__)
 
-WEIGHTINGS = ("count", "binary", "value", "recency")
+WEIGHTINGS = ("count", "binary", "value", "recency", "log1p", "bm25")
+TIME_UNITS = ("D", "s", "ms", "us", "ns")
+MAX_ID_LENGTH = 256  # longer ids are refused: they are a wrong column, not an id
 
-# Known layouts, tried in order when the caller names no columns:
-# (user, item, time, value, read options)
-KNOWN_SCHEMAS = {
-    "hm": ("customer_id", "article_id", "t_dat", None),
-    "movielens": ("user_id", "item_id", "timestamp", "rating"),
-    "generic": ("user_id", "item_id", None, None),
-}
+# Column names recognised when the caller names none, best first (compared lower-case)
+USER_COLUMNS = ("user_id", "user", "userid", "customer_id", "customer", "uid", "visitor_id",
+                "visitorid", "member_id", "client_id", "session_id", "buyer_id")
+ITEM_COLUMNS = ("item_id", "item", "itemid", "article_id", "article", "product_id", "product",
+                "movie_id", "movieid", "iid", "sku", "track_id", "artist_id", "book_id", "isbn")
+TIME_COLUMNS = ("timestamp", "t_dat", "time", "datetime", "date", "ts", "event_time",
+                "created_at")
+VALUE_COLUMNS = ("rating", "value", "quantity", "qty", "plays", "playcount", "play_count",
+                 "count")
 MOVIELENS_NAMES = ["user_id", "item_id", "rating", "timestamp"]
+_BM25_FLOOR = 1e-3
+# raw confidence values spanning more orders of magnitude than this get a warning
+_WIDE_SPAN = 1e3
+# a date like 01/02/2018: day and month order can't be told from the text alone
+_SLASHED_DATE = r"^\s*(\d{1,2})[/.-](\d{1,2})[/.-](\d{2}|\d{4})(?:$|[ T])"
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,17 @@ class Interactions:
     recency
         sum over interactions of ``value * 0.5 ** (age_days / half_life_days)``,
         ``age_days`` counted back from the latest event in the log.
+    log1p
+        ``log(1 + sum of value)``: heavy-tailed counts (plays, clicks) compressed
+        so that one user's 300,000 plays do not swamp everything else.
+    bm25
+        BM25 weighting of the summed values (implicit's ``bm25_weight`` on the
+        items × users matrix, K1=100, B=0.8, as in implicit's last.fm example):
+        saturates repeated interactions; weights are floored at 0.001 so that
+        every interaction stays in the matrix.
+
+    ``value`` on raw counts spanning more than three orders of magnitude logs a
+    warning: ALS fits such weights badly; ``log1p`` or ``bm25`` fit them well.
 
     Examples
     --------
@@ -88,6 +109,7 @@ class Interactions:
         weighting: str = "count",
         half_life_days: float | None = None,
         time_unit: str | None = None,
+        date_format: str | None = None,
         user_ids: Sequence[str] | None = None,
         item_ids: Sequence[str] | None = None,
     ) -> Interactions:
@@ -107,8 +129,10 @@ class Interactions:
             How events become confidence weights (see the class docstring).
         half_life_days : float, optional
             Half-life of the recency decay; required for ``weighting="recency"``.
-        time_unit : str, optional
-            Unit of a numeric ``time_col`` (``"s"`` for Unix seconds).
+        time_unit : {"D", "s", "ms", "us", "ns"}, optional
+            Unit of a numeric ``time_col``; told from the magnitude when not given.
+        date_format : str, optional
+            ``strftime`` format of a text ``time_col`` (see :func:`load_interactions`).
         user_ids, item_ids : sequence of str, optional
             A fixed vocabulary (e.g. the training set's); ids outside it raise.
 
@@ -130,7 +154,7 @@ class Interactions:
         users = _id_column(frame, user_col)
         items = _id_column(frame, item_col)
         values = _value_column(frame, value_col)
-        times = _time_column(frame, time_col, time_unit)
+        times = _time_column(frame, time_col, time_unit, date_format)
 
         user_vocab, user_codes = _encode(users, user_ids, "user")
         item_vocab, item_codes = _encode(items, item_ids, "item")
@@ -181,7 +205,7 @@ class Interactions:
         value = self.events["value"].to_numpy(np.float64)
         if self.weighting in ("count", "binary"):
             return np.ones(len(value))
-        if self.weighting == "value":
+        if self.weighting in ("value", "log1p", "bm25"):
             return value
         times = self.events["time"]
         age_days = (times.max() - times).dt.total_seconds().to_numpy() / 86400.0
@@ -202,6 +226,22 @@ class Interactions:
         if self.weighting == "binary":
             csr.data[:] = 1.0
         csr.eliminate_zeros()
+        positive = csr.data[csr.data > 0]
+        if (self.weighting == "value" and len(positive)
+                and positive.max() > _WIDE_SPAN * positive.min()):
+            log.warning(
+                "weighting='value': confidence values span %.3g to %.3g (more than three "
+                "orders of magnitude); ALS fits such weights badly: use weighting='log1p' or "
+                "'bm25'", positive.min(), positive.max())
+        if self.weighting == "log1p":
+            csr.data = np.log1p(csr.data)
+        elif self.weighting == "bm25":
+            from implicit.nearest_neighbours import bm25_weight
+
+            # implicit's convention: rows are items (documents), columns users
+            csr = bm25_weight(csr.T.tocoo(), K1=100, B=0.8).T.tocsr()
+            # tiny logs can give idf <= 0; a floor keeps every interaction (and filtering)
+            csr.data = np.maximum(csr.data, _BM25_FLOOR)
         return csr.astype(np.float32)
 
     @cached_property
@@ -241,41 +281,85 @@ def load_interactions(
     weighting: str = "count",
     half_life_days: float | None = None,
     time_unit: str | None = None,
+    date_format: str | None = None,
     sep: str | None = None,
+    header: bool = True,
+    columns: Sequence[str] | None = None,
+    encoding: str | None = None,
 ) -> Interactions:
     """Load an interaction log from CSV/TSV or Parquet.
 
-    With no column names given, known layouts are recognised: the H&M
-    ``transactions.csv`` (``customer_id, article_id, t_dat``), MovieLens
-    ``u.data``/``u1.base`` (tab-separated, no header: user, item, rating, Unix
-    time; ratings become ``value``) and a generic ``user_id, item_id`` log.
-    Every id column is read as a string, so ids with leading zeros survive.
+    Columns not named are recognised: the user column among :data:`USER_COLUMNS`
+    (``user_id``, ``user``, ``customer_id``…), the item column among
+    :data:`ITEM_COLUMNS` (``item_id``, ``item``, ``article_id``…), a time column
+    among :data:`TIME_COLUMNS` and a value column among :data:`VALUE_COLUMNS`.
+    H&M ``transactions.csv`` and MovieLens ``u.data``/``u1.base`` (tab-separated,
+    no header) work as they are.
+
+    Every column of a text file is read as text, so ids are strings, always:
+    ``0001`` and ``1`` stay two users, ``NA`` and ``null`` are ids like any other.
+    A file that is not UTF-8 is read as Latin-1 (logged) unless ``encoding`` says.
+
+    Parameters
+    ----------
+    path : str or Path
+        CSV/TSV (separator sniffed from the first line) or Parquet.
+    user_col, item_col, time_col, value_col : str, optional
+        Column names; recognised when not given.
+    weighting, half_life_days
+        See :class:`Interactions`.
+    time_unit : {"D", "s", "ms", "us", "ns"}, optional
+        Unit of a numeric time column; by default told from the magnitude of its
+        largest value (Unix seconds, milliseconds, microseconds or nanoseconds).
+    date_format : str, optional
+        ``strftime`` format of a text time column (``"%d/%m/%Y"``). Needed when
+        the day/month order of dates like ``01/02/2018`` can't be told from the
+        data; when it can (a day above 12), the order used is logged.
+    sep : str, optional
+        Field separator.
+    header : bool
+        The first line names the columns; with ``header=False`` give ``columns``.
+    columns : sequence of str, optional
+        Names of the file's columns, in order (replaces the header line if any).
+    encoding : str, optional
+        Text encoding; default UTF-8 with a Latin-1 fallback.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    ValueError
+        An empty file, unrecognised columns, a bad row (named), an ambiguous date.
 
     Examples
     --------
     >>> data = load_interactions("data/transactions.csv")  # doctest: +SKIP
     >>> ml = load_interactions("u.data", weighting="value")  # doctest: +SKIP
+    >>> plays = load_interactions("plays.tsv", header=False,
+    ...                           columns=["user", "item", "plays"], weighting="log1p")
+    ... # doctest: +SKIP
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"interaction log not found: {path}")
-    frame = _read_table(path, sep)
-    if user_col is None and item_col is None:
-        for schema in KNOWN_SCHEMAS.values():
-            if all(c is None or c in frame.columns for c in schema[:2]):
-                user_col, item_col, t, v = schema
-                time_col = time_col or (t if t in frame.columns else None)
-                value_col = value_col or (v if v in frame.columns else None)
-                break
-        else:
-            raise ValueError(
-                f"{path}: can't tell the user and item columns from {list(frame.columns)}; "
-                "pass user_col= and item_col="
-            )
-    if time_col == "timestamp" and time_unit is None and pd.api.types.is_numeric_dtype(
-        frame.get(time_col)
-    ):
-        time_unit = "s"
+    if time_unit is not None and time_unit not in TIME_UNITS:
+        raise ValueError(f"time_unit must be one of {TIME_UNITS}, got {time_unit!r}")
+    if not header and not columns:
+        raise ValueError(f"{path}: without a header line, name the columns "
+                         "(columns=[...], --columns user,item,...)")
+    frame = _read_table(path, sep, header, columns, encoding)
+    named_time, named_value = time_col is not None, value_col is not None
+    try:
+        user_col, item_col, time_col, value_col = pick_columns(
+            frame, user_col, item_col, time_col, value_col)
+        # a recognised time or value column that does not hold times or weights is left out
+        if time_col is not None and not named_time:
+            time_col = _usable(path, time_col, lambda c: _time_column(frame, c, time_unit,
+                                                                      date_format))
+        if value_col is not None and not named_value:
+            value_col = _usable(path, value_col, lambda c: _value_column(frame, c))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     log.info("loading %s: %d rows", path, len(frame))
     try:
         data = Interactions.from_frame(
@@ -287,6 +371,7 @@ def load_interactions(
             weighting=weighting,
             half_life_days=half_life_days,
             time_unit=time_unit,
+            date_format=date_format,
         )
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
@@ -296,22 +381,92 @@ def load_interactions(
                         source)
 
 
-def _read_table(path: Path, sep: str | None) -> pd.DataFrame:
+def pick_columns(
+    frame: pd.DataFrame, user_col: str | None = None, item_col: str | None = None,
+    time_col: str | None = None, value_col: str | None = None,
+) -> tuple[str, str, str | None, str | None]:
+    """The named columns, with the unnamed ones recognised by their names.
+
+    Examples
+    --------
+    >>> pick_columns(pd.DataFrame(columns=["User", "item", "plays"]))
+    ('User', 'item', None, 'plays')
+    """
+    by_lower = {str(c).lower(): c for c in reversed(list(frame.columns))}
+    taken = {c for c in (user_col, item_col, time_col, value_col) if c is not None}
+
+    def find(names: Sequence[str]) -> str | None:
+        for name in names:
+            col = by_lower.get(name)
+            if col is not None and col not in taken:
+                taken.add(col)
+                return col
+        return None
+
+    user_col = user_col or find(USER_COLUMNS)
+    item_col = item_col or find(ITEM_COLUMNS)
+    if user_col is None or item_col is None:
+        raise ValueError(
+            f"can't tell the {'user' if user_col is None else 'item'} column from "
+            f"{list(frame.columns)}; name it with user_col=/item_col= (--user-col/--item-col)"
+            + ("" if len(frame.columns) > 1 else
+               "; the file may have another separator (sep=, --sep)"))
+    return user_col, item_col, time_col or find(TIME_COLUMNS), value_col or find(VALUE_COLUMNS)
+
+
+def _usable(path: Path, col: str, check: Callable[[str], object]) -> str | None:
+    try:
+        check(col)
+    except ValueError as err:
+        if "day/month" in str(err):  # times after all: the order must be given
+            raise
+        log.warning("%s: ignoring column %r (%s); name it with time_col=/value_col= "
+                    "(--time-col/--value-col) to use it", path, col, err)
+        return None
+    return col
+
+
+def _read_table(path: Path, sep: str | None, header: bool, columns: Sequence[str] | None,
+                encoding: str | None) -> pd.DataFrame:
     if path.suffix in (".parquet", ".pq"):
         frame = pd.read_parquet(path)
-        for col in frame.columns:
-            if col.endswith("_id") or col in ("user", "item"):
-                frame[col] = frame[col].astype("string")
+        if columns:
+            frame.columns = list(columns)
         return frame
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty: no header, no rows")
     is_movielens = path.name == "u.data" or path.suffix in (".base", ".test")
-    if is_movielens:
-        return pd.read_csv(path, sep=sep or "\t", names=MOVIELENS_NAMES, dtype={
-            "user_id": str, "item_id": str})
-    head = path.open(encoding="utf-8", errors="replace").readline()
-    sep = sep or ("\t" if "\t" in head else ",")
-    columns = [c.strip() for c in head.strip().split(sep)]
-    as_str = {c: str for c in columns if c.endswith("_id") or c in ("user", "item")}
-    return pd.read_csv(path, sep=sep, dtype=as_str)
+    if is_movielens and not columns:
+        sep, header, columns = sep or "\t", False, MOVIELENS_NAMES
+    for attempt in ([encoding] if encoding else ["utf-8", "latin-1"]):
+        try:
+            with path.open(encoding=attempt) as f:
+                head = f.readline()
+            sep = sep or ("\t" if "\t" in head else ";" if head.count(";") > head.count(",")
+                          else ",")
+            n_fields = len(head.rstrip("\r\n").split(sep))
+            if columns and len(columns) != n_fields:
+                raise ValueError(f"{path} has {n_fields} columns in its first line, but "
+                                 f"{len(columns)} names were given: {list(columns)}")
+            # text only: ids keep leading zeros, and NA/null are ids, not missing values
+            frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False,
+                                na_values=[], encoding=attempt,
+                                header=0 if header else None,
+                                names=list(columns) if columns else None)
+        except UnicodeDecodeError as err:
+            if encoding:
+                raise ValueError(f"{path} is not {encoding} text ({err}); pass the file's "
+                                 "encoding") from None
+            continue
+        except pd.errors.ParserError as err:
+            raise ValueError(f"{path}: can't parse as a {sep!r}-separated table: "
+                             f"{' '.join(str(err).split())}") from None
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"{path} is empty: no header, no rows") from None
+        if attempt != "utf-8" and not encoding:
+            log.warning("%s is not UTF-8; read it as Latin-1 (pass encoding= to choose)", path)
+        return frame
+    raise AssertionError("latin-1 decodes any byte")
 
 
 def _id_column(frame: pd.DataFrame, col: str) -> np.ndarray:
@@ -320,10 +475,18 @@ def _id_column(frame: pd.DataFrame, col: str) -> np.ndarray:
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise ValueError(f"row {row}: missing {col!r} ({int(bad.sum())} rows lack it)")
+    if pd.api.types.is_float_dtype(series) and (series == series.round()).all():
+        series = series.astype(np.int64)  # Parquet ints with a gap come back as floats
     values = series.astype(str).str.strip().to_numpy()
     empty = values == ""
     if empty.any():
         raise ValueError(f"row {int(np.flatnonzero(empty)[0])}: empty {col!r}")
+    lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
+    if len(lengths) and lengths.max() > MAX_ID_LENGTH:
+        row = int(lengths.argmax())
+        raise ValueError(f"row {row}: {col!r} value {values[row][:40]!r}... is "
+                         f"{lengths[row]} characters long; ids may have at most "
+                         f"{MAX_ID_LENGTH} (is {col!r} the id column?)")
     return values
 
 
@@ -340,19 +503,67 @@ def _value_column(frame: pd.DataFrame, col: str | None) -> np.ndarray:
     return values
 
 
-def _time_column(frame: pd.DataFrame, col: str | None, unit: str | None) -> pd.Series:
+def _time_column(frame: pd.DataFrame, col: str | None, unit: str | None,
+                 date_format: str | None = None) -> pd.Series:
     if col is None:
         return pd.Series(pd.NaT, index=range(len(frame)), dtype="datetime64[ns]")
     raw = frame[col].reset_index(drop=True)
-    if unit is not None:
-        parsed = pd.to_datetime(pd.to_numeric(raw, errors="coerce"), unit=unit, errors="coerce")
+    numbers = pd.to_numeric(raw, errors="coerce")
+    if date_format is None and (unit is not None or numbers.notna().all()):
+        unit = unit or _unit_from_magnitude(numbers)
+        parsed = pd.to_datetime(numbers, unit=unit, errors="coerce")
     else:
-        parsed = pd.to_datetime(raw, errors="coerce")
+        text = raw.astype(str)
+        date_format = date_format or _date_order(text, col)
+        with warnings.catch_warnings():  # unparseable rows are reported below, by row
+            warnings.simplefilter("ignore", UserWarning)
+            parsed = pd.to_datetime(text, format=date_format, errors="coerce")
     bad = parsed.isna().to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"row {row}: can't read {col!r} value {raw.iloc[row]!r} as a time")
+        hint = f" with format {date_format!r}" if date_format else ""
+        raise ValueError(f"row {row}: can't read {col!r} value {raw.iloc[row]!r} as a "
+                         f"time{hint}")
     return parsed.astype("datetime64[ns]")
+
+
+def _unit_from_magnitude(numbers: pd.Series) -> str:
+    """Unix epoch unit of numeric times, from the largest value.
+
+    Seconds until 5138, then milli-, micro-, nanoseconds (each covers the same span).
+    """
+    largest = float(numbers.abs().max()) if len(numbers) else 0.0
+    for unit, limit in (("s", 1e11), ("ms", 1e14), ("us", 1e17)):
+        if largest < limit:
+            return unit
+    return "ns"
+
+
+def _date_order(text: pd.Series, col: str) -> str | None:
+    """A format for dates like ``01/02/2018``, or None for other text.
+
+    The order is taken from the data when one field exceeds 12 somewhere; when
+    none does, the dates are ambiguous and an explicit format is required.
+    """
+    parts = text.str.extract(_SLASHED_DATE)
+    if parts[0].isna().any():
+        return None  # not all of that shape: ISO dates and the like need no help
+    first, second = parts[0].astype(int), parts[1].astype(int)
+    sep = text.iloc[0].strip()[len(parts[0].iloc[0])]
+    year = "%Y" if len(parts[2].iloc[0]) == 4 else "%y"
+    day_first, month_first = (first > 12).any(), (second > 12).any()
+    if day_first == month_first:
+        example = text.iloc[0].strip()
+        raise ValueError(
+            f"{col!r}: dates like {example!r} can be day/month or month/day"
+            + (" (both appear)" if day_first else "")
+            + f"; give the order with date_format= (--date-format '%d{sep}%m{sep}{year}' or "
+            f"'%m{sep}%d{sep}{year}')")
+    fmt = f"%d{sep}%m{sep}{year}" if day_first else f"%m{sep}%d{sep}{year}"
+    row = int(np.flatnonzero((first > 12 if day_first else second > 12).to_numpy())[0])
+    log.warning("%r: reading dates as %s (row %d has %r); pass date_format= to override",
+                col, fmt, row, text.iloc[row])
+    return fmt + ("" if text.str.strip().str.len().max() <= len(fmt) + 2 else " %H:%M:%S")
 
 
 def _encode(

@@ -13,9 +13,10 @@ known user
 user in ``history`` (new or known)
     folded in: CF scores from the history (the CF model's fold-in), a taste
     profile computed from it; ``Slate.folded_in`` is set.
-unknown user, no history
+unknown user, no history (or a history of items the CF model never saw)
     the defined fallback: item popularity in place of CF scores and the global
-    taste (mean over all shoppers); ``Slate.fallback`` is set.
+    taste (mean over all shoppers; or the taste of the history's items when they
+    have images); ``Slate.fallback`` is set.
 
 Items the user already has (fit-time or in ``history``) are never recommended.
 Only catalog items with an embedding can be recommended; catalog items nobody
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,7 +45,14 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ground.files import atomic_directory, read_meta, write_bytes_atomic, write_npz_atomic
+from ground.files import (
+    atomic_directory,
+    file_sha256,
+    read_meta,
+    saved_directory,
+    write_bytes_atomic,
+    write_npz_atomic,
+)
 from recsys.catalog import Catalog
 from recsys.cf import Recommender, create_model
 from recsys.interactions import Interactions, _lookup
@@ -63,7 +72,9 @@ class SlateEntry:
     marks an item nobody interacted with at fit time; ``group`` an item of a
     group (product family) the user already bought from, which earned the
     ranker's ``group_weight``; ``image`` is the rendered image when rendering
-    was asked for (else ``None``).
+    was asked for (else ``None``); ``image_error`` says why an entry asked to be
+    rendered was not (its image is missing, changed since fit, or outside the
+    catalog root).
     """
 
     item_id: str
@@ -73,6 +84,7 @@ class SlateEntry:
     cold: bool
     group: bool = False
     image: str | None = None
+    image_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +111,8 @@ class Slate:
     style : StyleMatch or None
         ``None`` when the recommender was fitted without style references.
     fallback : bool
-        No history at all: popularity and the global taste were used.
+        No usable history (none, or only items the CF model never saw):
+        popularity stood in for the CF scores.
     folded_in : bool
         Computed from the ``history`` passed to ``recommend``.
     taste_fallback : bool
@@ -135,6 +148,7 @@ class Slate:
         for rank, e in enumerate(self.entries, 1):
             tail = (" cold" if e.cold else "") + (" same-family" if e.group else "")
             tail += f" -> {e.image}" if e.image else ""
+            tail += f" (not rendered: {e.image_error})" if e.image_error else ""
             lines.append(f"{rank:3d}. {e.item_id}  score {e.score:+.3f} = cf {e.cf:+.3f} "
                          f"⊕ taste {e.taste:+.3f}{tail}")
         return "\n".join(lines)
@@ -197,6 +211,11 @@ class StyleRecommender:
         Style reference id → image path.
     item_paths_ : dict of str to str
         Rankable item id → image path (what the renderer stylizes).
+    image_roots_ : dict of str to str
+        Catalog root folders of the items and styles: a path that resolves
+        outside them is not rendered.
+    image_digests_ : dict of str to str
+        Image path → SHA-256 at fit time: an image changed since is not rendered.
     encoder_id_ : str
     popularity_ : ndarray of float32
         Distinct users per rankable item (the fallback's CF scores).
@@ -271,6 +290,8 @@ class StyleRecommender:
         """
         if not isinstance(catalog, Catalog):
             raise TypeError(f"catalog must be a Catalog, got {type(catalog).__name__}")
+        # a bad style folder fails here, before hours of encoding
+        library = None if styles is None else _style_library(styles)
         ranker = StyleRanker(taste_weight=self.blend, **(self.ranker_params or {}))
         taste = TasteModel(**(self.taste_params or {}))
         ranker._check_params()
@@ -295,9 +316,13 @@ class StyleRecommender:
         self.ranker_ = ranker.fit(item_ids, self.taste_.item_vectors_, self.encoder_id_, groups)
 
         self.styles_, self.style_taste_, self.style_paths_ = None, None, {}
-        if styles is not None:
-            self._fit_styles(interactions, catalog, styles)
+        self.image_roots_ = {"items": str(catalog.root)}
+        if library is not None:
+            self.image_roots_["styles"] = str(library.catalog().root)
+            self._fit_styles(interactions, catalog, library)
 
+        self.image_digests_ = {path: file_sha256(path) for path in
+                               (*self.item_paths_.values(), *self.style_paths_.values())}
         users_per_item = np.bincount(interactions.matrix.indices, minlength=interactions.n_items)
         in_log = interactions.item_index(item_ids, missing="ignore")
         self.popularity_ = np.where(in_log >= 0, users_per_item[np.clip(in_log, 0, None)],
@@ -318,15 +343,12 @@ class StyleRecommender:
         return self.encoder
 
     def _fit_styles(self, interactions: Interactions, catalog: Catalog, styles: Any) -> None:
-        """The aesthetic matcher: descriptors of the catalog and the references, users'
-        aesthetic vectors from what they engaged with."""
-        from recsys.aesthetic import AestheticMatcher, StyleLibrary
+        """The aesthetic matcher: descriptors of the catalog and the references (a
+        :class:`~recsys.aesthetic.StyleLibrary`), users' aesthetic vectors from what they
+        engaged with."""
+        from recsys.aesthetic import AestheticMatcher
         from recsys.encoders import create_encoder
 
-        if isinstance(styles, Catalog):
-            styles = StyleLibrary.from_catalog(styles)
-        elif not isinstance(styles, StyleLibrary):
-            styles = StyleLibrary.from_folder(styles)
         encoder = (create_encoder(self.style_encoder) if isinstance(self.style_encoder, str)
                    else self.style_encoder)
         item_ids = self.ranker_.item_ids_
@@ -426,16 +448,18 @@ class StyleRecommender:
         ranking = self.ranker_.rank(cf, profiles, k, exclude=seen, history=seen)
         style = self._match_styles(user_ids, history)
         items = [self.ranker_.item_ids_[row[row >= 0]] for row in ranking.items]
-        images = self._render(items, style) if render else [[None] * len(i) for i in items]
+        empty = [[None] * len(i) for i in items]
+        images, image_errors = self._render(items, style) if render else (empty, empty)
         slates = []
         for row, user in enumerate(user_ids):
             keep = ranking.items[row] >= 0
             entries = tuple(
-                SlateEntry(str(item), float(s), float(c), float(t), bool(cold), bool(g), image)
-                for item, s, c, t, cold, g, image in zip(
+                SlateEntry(str(item), float(s), float(c), float(t), bool(cold), bool(g), image,
+                           error)
+                for item, s, c, t, cold, g, image, error in zip(
                     items[row], ranking.scores[row][keep], ranking.cf[row][keep],
                     ranking.taste[row][keep], ranking.cold[row][keep],
-                    ranking.group[row][keep], images[row], strict=True))
+                    ranking.group[row][keep], images[row], image_errors[row], strict=True))
             slates.append(Slate(user, entries, style[row],
                                 fallback=bool(not known[row] and not folded[row]),
                                 folded_in=bool(folded[row]),
@@ -449,10 +473,15 @@ class StyleRecommender:
         n, n_rank = len(user_ids), len(self.ranker_.item_ids_)
         positions = _lookup(self._user_pos, user_ids, "user", "ignore")
         known = positions >= 0
-        folded = np.zeros(n, dtype=bool)
+        folded = in_history = np.zeros(n, dtype=bool)
         if history is not None:
             history_rows = history.user_index(user_ids, missing="ignore")
-            folded = history_rows >= 0
+            in_history = history_rows >= 0
+            # a new user whose items the CF model never saw has nothing to fold in
+            in_cf = _lookup(self.cf_._item_pos, history.item_ids, "item", "ignore") >= 0
+            rows = history.matrix[np.clip(history_rows, 0, None)]
+            usable = np.asarray((rows @ sp.diags(in_cf.astype(np.float32))).getnnz(axis=1)) > 0
+            folded = in_history & (usable | known)
         cf_rows = np.full((n, len(self.cf_.item_ids_)), np.nan, dtype=np.float32)
         # fit-time items of known users (rows of unknown users emptied)
         seen = self._seen[np.clip(positions, 0, None)]
@@ -461,6 +490,8 @@ class StyleRecommender:
         if folded.any():
             idx = np.flatnonzero(folded)
             cf_rows[idx] = self.cf_.score([user_ids[i] for i in idx], history=history)
+        if in_history.any():
+            idx = np.flatnonzero(in_history)
             columns = _lookup(self._rank_pos, history.item_ids, "item", "ignore")
             seen = seen + _place(history.matrix[history_rows[idx]], idx, n, columns, n_rank)
         plain = known & ~folded
@@ -483,12 +514,47 @@ class StyleRecommender:
                            tuple(zip(m.references, m.weights, strict=True)))
                 for i, s, m in zip(ids[:, 0], sims[:, 0], mixes, strict=True)]
 
-    def _render(self, items: list[np.ndarray], styles: list[StyleMatch]) -> list[list[str]]:
-        """Rendered image paths of every entry: one ``renderer.render`` call for the batch."""
-        pairs = [(str(item), self.item_paths_[str(item)], style.style_id, style.path)
-                 for row, style in zip(items, styles, strict=True) for item in row]
-        paths = iter(self.renderer.render(pairs)) if pairs else iter(())
-        return [[str(next(paths)) for _ in row] for row in items]
+    def _render(self, items: list[np.ndarray], styles: list[StyleMatch]
+                ) -> tuple[list[list[str | None]], list[list[str | None]]]:
+        """Rendered image paths of every entry (one ``renderer.render`` call for the
+        batch) and why an entry was not rendered (its item or style image is missing,
+        changed since fit, or outside its root; reported, the others still render)."""
+        problems = {}
+        pairs, skipped = [], []
+        for row, style in zip(items, styles, strict=True):
+            for item in row:
+                path = self.item_paths_[str(item)]
+                for image, root in ((path, "items"), (style.path, "styles")):
+                    if image not in problems:
+                        problems[image] = self._image_problem(image, root)
+                problem = problems[path] or problems[style.path]
+                skipped.append(problem)
+                if problem is None:
+                    pairs.append((str(item), path, style.style_id, style.path))
+        for image, problem in problems.items():
+            if problem:
+                log.warning("not rendering with %s: %s", image, problem)
+        rendered = iter(self.renderer.render(pairs)) if pairs else iter(())
+        flat = iter(skipped)
+        images, errors = [], []
+        for row in items:
+            reasons = [next(flat) for _ in row]
+            images.append([None if r else str(next(rendered)) for r in reasons])
+            errors.append(reasons)
+        return images, errors
+
+    def _image_problem(self, path: str, root: str) -> str | None:
+        """Why the image at ``path`` can't be rendered now, or None."""
+        base = self.image_roots_.get(root)
+        resolved = Path(path).resolve()
+        if base is not None and not resolved.is_relative_to(Path(base).resolve()):
+            return f"{path} now resolves outside {base}"
+        if not resolved.is_file():
+            return f"{path} is missing"
+        digest = self.image_digests_.get(path)
+        if digest is not None and file_sha256(resolved) != digest:
+            return f"{path} changed since the model was fitted"
+        return None
 
     # -- persistence ----------------------------------------------------------
 
@@ -501,7 +567,7 @@ class StyleRecommender:
         pickle anywhere. The renderer is not saved: pass it to :meth:`load`.
         """
         self._check_fitted()
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, "recommender.json") as tmp:
             self.cf_.save(tmp / "cf")
             self.taste_.save(tmp / "taste")
             self.ranker_.save(tmp / "ranker")
@@ -519,35 +585,59 @@ class StyleRecommender:
             params["cache_dir"] = None if self.cache_dir is None else str(self.cache_dir)
             meta = {"format": FORMAT_VERSION, "params": params, "encoder_id": self.encoder_id_,
                     "style_paths": self.style_paths_, "item_paths": self.item_paths_,
+                    "image_roots": self.image_roots_, "image_digests": self.image_digests_,
                     "failures": self.failures_}
             write_bytes_atomic(tmp / "recommender.json", json.dumps(meta, indent=2).encode())
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path, renderer: Any = None) -> StyleRecommender:
-        """Load a pipeline written by :meth:`save` (no image is re-encoded)."""
-        path = Path(path)
+        """Load a pipeline written by :meth:`save` (no image is re-encoded).
+
+        Image paths are re-checked when rendering: an image that went missing,
+        changed or now resolves outside its catalog root is skipped and reported
+        (``SlateEntry.image_error``), the rest of the batch renders.
+        """
+        path = saved_directory(path, "recommender.json")
         meta = read_meta(path, "recommender.json", "StyleRecommender", FORMAT_VERSION)
         model = cls(**meta["params"], renderer=renderer)
         model.encoder_id_ = meta["encoder_id"]
         model.style_paths_ = meta["style_paths"]
         model.item_paths_ = meta["item_paths"]
         model.failures_ = meta["failures"]
+        model.image_roots_ = meta.get("image_roots", {})
+        model.image_digests_ = meta.get("image_digests", {})
         model.cf_ = Recommender.load(path / "cf")
-        model.taste_ = TasteModel.load(path / "taste")
-        model.ranker_ = StyleRanker.load(path / "ranker", model.taste_.item_vectors_)
-        model.styles_ = model.style_taste_ = None
-        if (path / "styles").is_dir():
-            from recsys.aesthetic import AestheticMatcher
+        try:
+            model.taste_ = TasteModel.load(path / "taste")
+            model.ranker_ = StyleRanker.load(path / "ranker", model.taste_.item_vectors_)
+            model.styles_ = model.style_taste_ = None
+            if (path / "styles").is_dir():
+                from recsys.aesthetic import AestheticMatcher
 
-            model.styles_ = AestheticMatcher.load(path / "styles")
-            model.style_taste_ = TasteModel.load(path / "style_taste")
-        with np.load(path / "arrays.npz", allow_pickle=False) as z:
-            model.popularity_ = z["popularity"]
-            model.pca_ = (EmbeddingPCA.from_arrays(dict(z), model.whiten)
-                          if "pca_components" in z else None)
+                model.styles_ = AestheticMatcher.load(path / "styles")
+                model.style_taste_ = TasteModel.load(path / "style_taste")
+            with np.load(path / "arrays.npz", allow_pickle=False) as z:
+                model.popularity_ = z["popularity"]
+                model.pca_ = (EmbeddingPCA.from_arrays(dict(z), model.whiten)
+                              if "pca_components" in z else None)
+        except (OSError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile) as err:
+            # faiss reports a truncated index as a RuntimeError
+            raise ValueError(f"{path} holds a damaged saved pipeline ({type(err).__name__}: "
+                             f"{' '.join(str(err).split())[:300]}); fit it again") from err
         model._index_columns()
         return model
+
+
+def _style_library(styles: Any) -> Any:
+    """A :class:`~recsys.aesthetic.StyleLibrary` from a folder, a Catalog or a library."""
+    from recsys.aesthetic import StyleLibrary
+
+    if isinstance(styles, StyleLibrary):
+        return styles
+    if isinstance(styles, Catalog):
+        return StyleLibrary.from_catalog(styles)
+    return StyleLibrary.from_folder(styles)
 
 
 def _place(rows: sp.spmatrix, at: np.ndarray, n: int, columns: np.ndarray,

@@ -6,25 +6,39 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from evaluation.bench import add_bench_parser
+from ground.files import check_replaceable, saved_directory
 from recsys.catalog import Catalog
 from recsys.cf import MODELS, Recommender, create_model
-from recsys.interactions import WEIGHTINGS, load_interactions
+from recsys.interactions import TIME_UNITS, WEIGHTINGS, load_interactions
 from stylerec.evaluate_cli import add_evaluate_parser
 from stylerec.render_cli import (
     add_render_parser,
     add_styler_arguments,
     parse_params,
     renderer_from_args,
+    write_slates_page,
 )
 from stylerec.style_report import add_style_report_parser
 
 log = logging.getLogger("stylerec")
+
+# Errors whose message tells the user what to fix: CheckpointError and ImageLoadError
+# are ValueErrors, unknown registry names LookupErrors, missing files OSErrors.
+USER_ERRORS = (ValueError, LookupError, OSError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,12 +47,25 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--interactions", type=Path, required=True,
                        help="CSV/TSV/Parquet log; H&M transactions.csv and MovieLens u.data "
                             "are recognised without column options")
-    group.add_argument("--user-col", help="column with user ids")
+    group.add_argument("--user-col", help="column with user ids (recognised when named "
+                       "user_id, user, customer_id, ...)")
     group.add_argument("--item-col", help="column with item ids")
     group.add_argument("--time-col", help="column with timestamps (optional)")
     group.add_argument("--value-col", help="column with ratings/quantities (optional)")
+    group.add_argument("--time-unit", choices=TIME_UNITS,
+                       help="unit of numeric times (default: told from their magnitude)")
+    group.add_argument("--date-format", help="strftime format of text dates, e.g. %%d/%%m/%%Y "
+                       "(needed when day and month order can't be told)")
+    group.add_argument("--sep", help="field separator (default: sniffed from the first line)")
+    group.add_argument("--no-header", dest="header", action="store_false",
+                       help="the file has no header line (give --columns)")
+    group.add_argument("--columns", type=lambda text: [c.strip() for c in text.split(",")],
+                       metavar="NAME,NAME,...",
+                       help="names of the file's columns, in order (e.g. user,item,plays)")
+    group.add_argument("--encoding", help="text encoding (default: UTF-8, else Latin-1)")
     group.add_argument("--weighting", choices=WEIGHTINGS, default="count",
-                       help="how interactions become confidence weights (default: count)")
+                       help="how interactions become confidence weights (default: count; "
+                            "log1p or bm25 for heavy-tailed counts such as plays)")
     group.add_argument("--half-life-days", type=float,
                        help="half-life for --weighting recency")
 
@@ -47,23 +74,32 @@ def load_from_args(args: argparse.Namespace):
     return load_interactions(
         args.interactions, args.user_col, args.item_col, args.time_col, args.value_col,
         weighting=args.weighting, half_life_days=args.half_life_days,
+        time_unit=args.time_unit, date_format=args.date_format, sep=args.sep,
+        header=args.header, columns=args.columns, encoding=args.encoding,
     )
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    data = load_from_args(args)
+    # everything that can be checked is checked before the data is read or an image encoded
+    check_replaceable(args.out, "model.json" if args.images is None else "recommender.json")
     cf_params = parse_params(args.param)
+    model = create_model(args.model, **cf_params)
     if args.images is None:
-        model = create_model(args.model, **cf_params).fit(data)
-        path = model.save(args.out)
+        if args.styles is not None:
+            raise ValueError("--styles needs --images (the full pipeline)")
+        data = load_from_args(args)
+        path = model.fit(data).save(args.out)
         print(f"fitted {model!r} on {data}; saved to {path}")
         return 0
+    catalog = Catalog.from_directory(args.images)
+    styles = None if args.styles is None else Catalog.from_directory(args.styles)
+    data = load_from_args(args)
     from recsys.recommender import StyleRecommender  # torch and faiss: only when needed
 
     pipeline = StyleRecommender(
         args.model, cf_params, encoder=args.encoder, cache_dir=args.cache_dir,
         blend=args.blend,
-    ).fit(data, Catalog.from_directory(args.images), args.styles)
+    ).fit(data, catalog, styles)
     path = pipeline.save(args.out)
     print(f"fitted StyleRecommender ({args.model} ⊕ {pipeline.encoder_id_} taste, "
           f"{len(pipeline.ranker_.item_ids_)} rankable items, {len(pipeline.style_paths_)} "
@@ -72,6 +108,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
+    args.model_dir = saved_directory(args.model_dir, "recommender.json")  # a killed save
     if (args.model_dir / "recommender.json").is_file():
         return _recommend_slates(args)
     if args.render:
@@ -108,6 +145,9 @@ def _recommend_slates(args: argparse.Namespace) -> int:
         print(json.dumps([slate.to_dict() for slate in slates], indent=2))
     else:
         print("\n\n".join(slate.explain() for slate in slates))
+    if args.render:
+        page = write_slates_page(slates, pipeline.item_paths_, args.out / "index.html")
+        print(f"gallery: {page}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -119,14 +159,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stylerec",
         description="Visually personalised product recommendation: collaborative filtering, "
                     "image-based taste re-ranking, and renders of products in each shopper's "
                     "matched style.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more logging (-v info, -vv debug)")
+                        help="more logging (-v info and tracebacks of errors, -vv debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fit = sub.add_parser("fit", help="fit the pipeline (or a CF model alone) and save it",
@@ -160,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--keep-seen", action="store_true", help="do not drop items already seen")
     rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rec.add_argument("--render", action="store_true",
-                     help="render each item in the user's matched style (pipelines only)")
+                     help="render each item in the user's matched style (pipelines only) and "
+                          "write an HTML gallery of the slates to --out")
+    rec.add_argument("--out", type=Path, default=Path("out/recommend"),
+                     help="folder of the --render gallery (default: out/recommend)")
     add_styler_arguments(rec)
     rec.set_defaults(func=cmd_recommend)
 
@@ -189,10 +232,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     np.set_printoptions(precision=4)
     try:
         return args.func(args)
-    except (FileNotFoundError, KeyError, ValueError) as err:
+    except KeyboardInterrupt:
+        print(f"stylerec {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one line for the user; the traceback with -v
+        if args.verbose:
+            traceback.print_exc()
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        message = " ".join(str(message).split())
+        if not isinstance(err, USER_ERRORS):
+            message = (f"internal error ({type(err).__name__}: {message}); rerun with -v for "
+                       "the traceback and report it")
         print(f"stylerec {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(err, USER_ERRORS) else 1
 
 
 if __name__ == "__main__":

@@ -49,6 +49,9 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", type=int, metavar="N",
                         help="bootstrap resamples (overrides the config; 0 disables intervals)")
     parser.add_argument("--no-html", action="store_true", help="skip report.html")
+    parser.add_argument("--allow-code", action="store_true",
+                        help="run models named as 'package.module:factory' in the config "
+                             "(that imports and runs their code: only for configs you trust)")
     parser.set_defaults(func=cmd_evaluate)
     return parser
 
@@ -83,7 +86,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.bootstrap is not None:
         config["bootstrap"] = {**config.get("bootstrap", {}), "n_resamples": args.bootstrap}
     record = run(config, out_dir=args.out, data_path=args.data, only_models=args.model,
-                 html=not args.no_html)
+                 html=not args.no_html, allow_code=args.allow_code)
     for line in audit_lines(record.get("audit")):
         print(line)
     if record.get("tuning_protocol"):

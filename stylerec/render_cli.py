@@ -16,18 +16,25 @@ Examples
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recsys.catalog import Catalog
-from stylers.registry import available_stylers, create_styler
+from stylers.registry import available_stylers, get_styler_factory
 
 if TYPE_CHECKING:
+    from recsys.recommender import Slate
+    from stylers.base import Styler
     from stylers.renderer import Renderer
 
 log = logging.getLogger(__name__)
+
+# styler parameters naming a weights file or folder: resolved from the working directory
+WEIGHTS_PARAMS = ("weights", "weights_dir", "checkpoint")
 
 
 def add_render_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -85,7 +92,7 @@ def renderer_from_args(args: argparse.Namespace) -> Renderer:
     from stylers.protection import ProtectedStyler
     from stylers.renderer import Renderer
 
-    styler = create_styler(args.styler, **parse_params(args.styler_param))
+    styler = create_styler_checked(args.styler, parse_params(args.styler_param))
     if args.adaptive:
         from stylers.adaptive import AdaptiveStyler
 
@@ -105,6 +112,50 @@ def renderer_from_args(args: argparse.Namespace) -> Renderer:
         max_side=args.max_side, dtype=args.dtype, image_format=args.format,
         progress=args.progress,
     )
+
+
+def create_styler_checked(name: str, params: dict[str, Any]) -> Styler:
+    """The styler ``name`` built from ``--param`` values, with errors that say what to pass.
+
+    Unknown and missing parameter names are reported with the ones the styler
+    takes; a weights path is taken relative to the working directory, and when it
+    is not there the message says where it looked.
+
+    Raises
+    ------
+    LookupError
+        Unknown styler name.
+    ValueError, FileNotFoundError
+        Unknown, missing or unusable parameters; a weights path that does not exist.
+    """
+    factory = get_styler_factory(name)
+    accepted = inspect.signature(factory).parameters
+    takes = [p for p in accepted if accepted[p].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                          inspect.Parameter.KEYWORD_ONLY)]
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        unknown = sorted(set(params) - set(takes))
+        if unknown:
+            raise ValueError(f"unknown --param {', '.join(unknown)} for styler {name!r}; it "
+                             f"takes: {', '.join(takes) or 'no parameters'}")
+    missing = [p for p in takes if accepted[p].default is inspect.Parameter.empty
+               and p not in params]
+    if missing:
+        raise ValueError(f"styler {name!r} needs " + " ".join(f"--param {p}=..." for p in missing)
+                         + (" (a file or folder of weights; see ../shared/README.md)"
+                            if set(missing) & set(WEIGHTS_PARAMS) else ""))
+    params = dict(params)
+    for key in set(params) & set(WEIGHTS_PARAMS):
+        if isinstance(params[key], str):
+            where = Path(params[key]).expanduser()
+            if not where.exists():
+                raise FileNotFoundError(
+                    f"--param {key}={params[key]}: not found (looked for {where.absolute()}; "
+                    f"a relative path is taken from the working directory {Path.cwd()})")
+            params[key] = str(where.resolve())
+    try:
+        return factory(**params)
+    except TypeError as err:
+        raise ValueError(f"styler {name!r}: bad --param value ({err})") from err
 
 
 def parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -150,7 +201,7 @@ def resolve_image(spec: str, root: Catalog | None) -> tuple[str, Path]:
 
 def run_render(args: argparse.Namespace) -> int:
     """Handler of ``stylerec render``; returns the process exit code."""
-    from stylers.gallery import contact_sheet, rows_from_grid, write_html
+    from stylers.gallery import grid_sheet, rows_from_grid, write_html
 
     # each root is listed once (Catalog: ids are file stems, paths confined to the root)
     item_root, style_root = (None if root is None else Catalog.from_directory(root)
@@ -167,12 +218,36 @@ def run_render(args: argparse.Namespace) -> int:
         styles = {}
     if not styles:
         if renderer.styler.uses_style_image:
-            raise SystemExit(f"styler {args.styler!r} needs at least one --style")
+            raise ValueError(f"styler {args.styler!r} needs at least one --style")
         styles = {"baked": None}
-    grid = renderer.render_grid(items, styles)
+    grid = renderer.render_grid(items, styles, skip_unreadable=True)
     rows = rows_from_grid({args.styler: grid}, items, styles)
     page = write_html(rows, args.out / "index.html", title=title)
-    contact_sheet(rows, args.out / "contact_sheet.jpg")
-    print(f"{len(grid)} renders ({renderer.stats['hits']} cached) -> {page}"
-          + (f"; note: {note}" if note else ""))
+    grid_sheet(items, styles, grid, args.out / "contact_sheet.jpg")
+    skipped = f", {len(renderer.skipped)} skipped: unreadable image" if renderer.skipped else ""
+    print(f"{len(grid) - len(renderer.skipped)} renders ({renderer.stats['hits']} cached"
+          f"{skipped}) -> {page}" + (f"; note: {note}" if note else ""))
     return 0
+
+
+def write_slates_page(slates: Sequence[Slate], item_paths: Mapping[str, str],
+                      path: str | Path) -> Path:
+    """An HTML gallery of rendered slates: per user, the matched style, then each
+    item's photo above its render (with rank, id and score; why it was not rendered)."""
+    from stylers.gallery import StripRow, write_strips_html
+
+    rows = []
+    for slate in slates:
+        label = f"user {slate.user_id}"
+        if slate.style is not None:
+            label += f" · style {slate.style.style_id} ({slate.style.similarity:.3f})"
+        cells = []
+        for rank, entry in enumerate(slate.entries, 1):
+            caption = f"{rank}. {entry.item_id} {entry.score:+.3f}"
+            caption += f" (not rendered: {entry.image_error})" if entry.image_error else ""
+            original = item_paths.get(entry.item_id)
+            cells.append((caption, None if original is None else Path(original),
+                          None if entry.image is None else Path(entry.image)))
+        rows.append(StripRow(label, None if slate.style is None else Path(slate.style.path),
+                             cells))
+    return write_strips_html(rows, path, title="stylerec recommend --render")

@@ -157,3 +157,121 @@ def rows_from_grid(
             rows.append(GalleryRow(f"{item_id} × {style_id}", Path(item_path),
                                    None if style_path is None else Path(style_path), renders))
     return rows
+
+
+def _thumb(image: str | os.PathLike[str], cell: tuple[int, int]) -> Image.Image:
+    with Image.open(image) as im:
+        return ImageOps.contain(im.convert("RGB"), cell, Image.Resampling.LANCZOS)
+
+
+def grid_sheet(
+    items: Mapping[str, str | os.PathLike[str]],
+    styles: Mapping[str, str | os.PathLike[str] | None],
+    renders: Mapping[tuple[str, str], str | os.PathLike[str] | None],
+    path: str | os.PathLike[str],
+    cell: tuple[int, int] = (150, 200),
+    quality: int = 85,
+) -> Path:
+    """Write an item × style contact sheet: one row per item, one column per style.
+
+    The first row shows the style images, the first column the product photos;
+    cell (i, s) is the render of item i in style s (left blank when missing, e.g.
+    a render skipped because its image was unreadable). Images are letterboxed
+    into ``cell`` (width, height) on white, under a label line.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> d = Path(tempfile.mkdtemp())
+    >>> Image.new("RGB", (30, 40), "red").save(d / "p.png")
+    >>> out = grid_sheet({"a": d / "p.png", "b": d / "p.png"}, {"s": d / "p.png", "t": None},
+    ...                  {("a", "s"): d / "p.png"}, d / "sheet.png", cell=(50, 60))
+    >>> Image.open(out).size  # 3 columns (items, s, t) x 3 rows (styles, a, b)
+    (182, 254)
+    """
+    pad, label = 8, 14
+    step_x, step_y = cell[0] + pad, cell[1] + label + pad
+    sheet = Image.new("RGB", (pad + (len(styles) + 1) * step_x, pad + (len(items) + 1) * step_y),
+                      "white")
+    draw = ImageDraw.Draw(sheet)
+
+    def put(image: str | os.PathLike[str] | None, text: str, col: int, row: int) -> None:
+        left, top = pad + col * step_x, pad + row * step_y
+        draw.text((left + 2, top), text[:24], fill="black")
+        if image is None:
+            return
+        thumb = _thumb(image, cell)
+        sheet.paste(thumb, (left + (cell[0] - thumb.width) // 2,
+                            top + label + (cell[1] - thumb.height) // 2))
+
+    for col, (style_id, style_path) in enumerate(styles.items(), 1):
+        put(style_path, style_id, col, 0)
+    for row, (item_id, item_path) in enumerate(items.items(), 1):
+        put(item_path, item_id, 0, row)
+        for col, style_id in enumerate(styles, 1):
+            put(renders.get((item_id, style_id)), "", col, row)
+    return save_image_atomic(sheet, path, quality)
+
+
+@dataclass
+class StripRow:
+    """One row of a strip page: a label, a lead image, then captioned image pairs.
+
+    Attributes
+    ----------
+    label : str
+        Row heading, e.g. ``"user c1 · style wave (0.812)"``.
+    lead : Path or None
+        The image the row is about (e.g. the matched style).
+    cells : list of tuple
+        ``(caption, original, render)``; either image may be None.
+    """
+
+    label: str
+    lead: Path | None
+    cells: list[tuple[str, Path | None, Path | None]] = field(default_factory=list)
+
+
+def write_strips_html(
+    rows: Sequence[StripRow], path: str | os.PathLike[str], title: str = "Renders"
+) -> Path:
+    """Write an HTML page with one strip per row: lead image, then each cell's original
+    above its render, with the caption. Links are relative to the page's folder.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> row = StripRow("user u1", d / "s.jpg", [("1. a", d / "a.jpg", d / "r" / "a.png")])
+    >>> page = write_strips_html([row], d / "index.html").read_text()
+    >>> 'src="r/a.png"' in page and "user u1" in page
+    True
+    """
+    path = Path(path)
+    base = path.parent.resolve()
+
+    def img(image: Path | None) -> str:
+        if image is None:
+            return "<div class='none'>—</div>"
+        rel = html.escape(Path(os.path.relpath(Path(image).resolve(), base)).as_posix(), quote=True)
+        return f'<a href="{rel}"><img src="{rel}" loading="lazy"></a>'
+
+    body = []
+    for row in rows:
+        cells = [f"<figure class='lead'>{img(row.lead)}<figcaption>style</figcaption></figure>"]
+        cells += [f"<figure>{img(original)}{img(render)}<figcaption>{html.escape(caption)}"
+                  "</figcaption></figure>" for caption, original, render in row.cells]
+        body.append(f"<h2>{html.escape(row.label)}</h2><div class='strip'>{''.join(cells)}</div>")
+    page = (
+        "<!doctype html>\n<html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>"
+        "body{font-family:sans-serif} .strip{display:flex;flex-wrap:wrap;gap:8px}"
+        "figure{margin:0;width:160px} figure img{display:block;max-width:160px;max-height:200px}"
+        ".lead{border-right:2px solid #888;padding-right:8px} figcaption{font-size:12px}"
+        "h2{font-size:15px;font-weight:normal}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+    with atomic_write(path, "w") as f:
+        f.write(page)
+    return path

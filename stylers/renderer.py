@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ground.device import resolve_device
 from ground.files import file_sha256
+from ground.images import ImageLoadError
 from ground.tensors import load_image, save_image_atomic, tensor_to_pil
 
 from .base import Styler
@@ -74,7 +75,10 @@ class Renderer:
     Attributes
     ----------
     stats : dict
-        Running counts: ``requested``, ``hits``, ``rendered``.
+        Running counts: ``requested``, ``hits``, ``rendered``, ``skipped``.
+    skipped : dict
+        ``(item_id, style_id) -> reason`` of the pairs the last
+        ``render(..., skip_unreadable=True)`` could not render.
 
     Examples
     --------
@@ -118,7 +122,8 @@ class Renderer:
         self.quality = int(quality)
         self.tile_size = tile_size
         self.progress = progress
-        self.stats = {"requested": 0, "hits": 0, "rendered": 0}
+        self.stats = {"requested": 0, "hits": 0, "rendered": 0, "skipped": 0}
+        self.skipped: dict[tuple[str, str], str] = {}
         self._autocast_dtype = self._pick_dtype()
         if self.device.type == "cuda":
             self.styler.to(memory_format=torch.channels_last)
@@ -153,17 +158,21 @@ class Renderer:
 
     # -- rendering --------------------------------------------------------------------
 
-    def render(self, pairs: Sequence[RenderPair]) -> list[Path]:
+    def render(self, pairs: Sequence[RenderPair], skip_unreadable: bool = False
+               ) -> list[Path | None]:
         """Render (or fetch from the cache) each ``(item_id, item_image, style_id, style_image)``.
 
         Parameters
         ----------
         pairs : sequence of tuple
             ``style_image`` may be None for stylers that ignore the style image.
+        skip_unreadable : bool
+            A pair whose image is missing or can't be decoded gets ``None`` (the
+            reason goes to ``skipped`` and the log) instead of failing the batch.
 
         Returns
         -------
-        list of Path
+        list of Path (or None for skipped pairs)
             One render per pair, in order.
 
         Raises
@@ -173,13 +182,23 @@ class Renderer:
         ground.images.ImageLoadError
             If an image is corrupt or of an absurd size (the message names it).
         """
-        keyed = [(pair, self.cache_key(pair[1], pair[3])) for pair in pairs]
+        self.skipped = {}
+        failed: dict[str, str] = {}  # cache key or image path -> reason
+        keyed = []
+        for pair in pairs:
+            try:
+                keyed.append((pair, self.cache_key(pair[1], pair[3])))
+            except OSError as err:
+                if not skip_unreadable:
+                    raise
+                keyed.append((pair, f"unreadable:{len(failed)}"))
+                failed[keyed[-1][1]] = str(err)
         paths = [self.cache_path(key) for _, key in keyed]
         todo: dict[str, RenderPair] = {}
         for (pair, key), path in zip(keyed, paths, strict=True):
-            if key not in todo and not path.exists():
+            if key not in todo and key not in failed and not path.exists():
                 todo[key] = pair
-        hits = len(pairs) - sum(1 for p in paths if p.stem in todo)
+        hits = len(pairs) - sum(1 for p in paths if p.stem in todo) - len(failed)
         self.stats["requested"] += len(pairs)
         self.stats["hits"] += hits
         log.info(
@@ -189,20 +208,29 @@ class Renderer:
         if todo:
             with tqdm(total=len(todo), desc=f"render {self.styler.name}", unit="img",
                       disable=not self.progress) as bar:
-                for batch_keys, content, style in self._batches(todo):
+                for batch_keys, content, style in self._batches(todo, failed, skip_unreadable):
                     out = self._stylize(content, style)
                     for key, image in zip(batch_keys, out, strict=True):
                         save_image_atomic(tensor_to_pil(image), self.cache_path(key), self.quality)
                     self.stats["rendered"] += len(batch_keys)
                     bar.update(len(batch_keys))
-        return paths
+                bar.update(len(todo) - bar.n)
+        out: list[Path | None] = []
+        for (pair, key), path in zip(keyed, paths, strict=True):
+            if key in failed:
+                self.skipped[pair[0], pair[2]] = failed[key]
+                log.warning("not rendering %s in %s: %s", pair[0], pair[2], failed[key])
+            out.append(None if key in failed else path)
+        self.stats["skipped"] += len(self.skipped)
+        return out
 
     def render_grid(
         self,
         items: Mapping[str, PathLike] | Iterable[tuple[str, PathLike]],
         styles: Mapping[str, PathLike | None] | Iterable[tuple[str, PathLike | None]],
-    ) -> dict[tuple[str, str], Path]:
-        """Render every item in every style.
+        skip_unreadable: bool = False,
+    ) -> dict[tuple[str, str], Path | None]:
+        """Render every item in every style (``skip_unreadable`` as in :meth:`render`).
 
         Returns
         -------
@@ -218,10 +246,11 @@ class Renderer:
         items = list(items.items()) if isinstance(items, Mapping) else list(items)
         styles = list(styles.items()) if isinstance(styles, Mapping) else list(styles)
         pairs = [(i, ip, s, sp) for s, sp in styles for i, ip in items]
-        return {(p[0], p[2]): path for p, path in zip(pairs, self.render(pairs), strict=True)}
+        paths = self.render(pairs, skip_unreadable)
+        return {(p[0], p[2]): path for p, path in zip(pairs, paths, strict=True)}
 
     def _batches(
-        self, todo: Mapping[str, RenderPair]
+        self, todo: Mapping[str, RenderPair], failed: dict[str, str], skip: bool
     ) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor | None]]:
         # one style image loaded once per group; within it, same-size items share a batch
         by_style: dict[str, list[str]] = defaultdict(list)
@@ -230,13 +259,23 @@ class Renderer:
             by_style[style_key].append(key)
         for keys in by_style.values():
             style_image = todo[keys[0]][3]
-            style = (
-                load_image(style_image, self.style_side)[None]
-                if self.styler.uses_style_image else None
-            )
+            try:
+                style = (load_image(style_image, self.style_side)[None]
+                         if self.styler.uses_style_image else None)
+            except (OSError, ImageLoadError) as err:
+                if not skip:
+                    raise
+                failed.update(dict.fromkeys(keys, str(err)))
+                continue
             by_size: dict[tuple[int, int], list[tuple[str, torch.Tensor]]] = defaultdict(list)
             for key in keys:
-                image = load_image(todo[key][1], self.max_side)
+                try:
+                    image = load_image(todo[key][1], self.max_side)
+                except (OSError, ImageLoadError) as err:
+                    if not skip:
+                        raise
+                    failed[key] = str(err)
+                    continue
                 group = by_size[tuple(image.shape[-2:])]
                 group.append((key, image))
                 if len(group) == self.batch_size:

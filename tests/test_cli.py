@@ -63,8 +63,16 @@ def test_fit_pipeline_then_recommend_and_render(demo_dir, tmp_path, capsys):
     user = users.iloc[0]
     assert main(["recommend", "--model-dir", str(tmp_path / "model"), "--user", user, "-k", "50",
                  "--json", "--render", "--styler", "color", "--protect", "--no-progress",
-                 "--cache-dir", str(tmp_path / "renders")]) == 0
-    slate = json.loads(capsys.readouterr().out)[0]
+                 "--cache-dir", str(tmp_path / "renders"), "--out", str(tmp_path / "gallery")]) == 0
+    printed = capsys.readouterr()
+    slate = json.loads(printed.out)[0]
+    # the slates also come as an HTML gallery: style, then each item's photo and render
+    page = (tmp_path / "gallery" / "index.html").read_text()
+    assert f"gallery: {tmp_path / 'gallery' / 'index.html'}" in printed.err
+    assert f"user {user}" in page and page.count("<figure>") == len(slate["entries"])
+    for entry in slate["entries"]:
+        render = Path(entry["image"]).relative_to(tmp_path)
+        assert f'src="../{render.as_posix()}"' in page
     bought = set(small.loc[small["customer_id"] == user, "article_id"])
     recommended = [e["item_id"] for e in slate["entries"]]
     assert recommended and not bought & set(recommended)

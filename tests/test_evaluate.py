@@ -198,7 +198,10 @@ class Weighted:
 def test_runner_end_to_end(tmp_path):
     register_model_builder("test-fixed-table", lambda params: Weighted(**params))
     config = _config(tmp_path)
-    record = run(config)
+    with pytest.raises(PermissionError, match="recsys.cf:PopularityRecommender.*--allow-code"):
+        run(config)  # a module:factory model runs code: refused without allow_code
+    assert not (tmp_path / "out").exists()
+    record = run(config, allow_code=True)
     out = tmp_path / "out"
     saved = json.loads((out / "record.json").read_text())
     assert saved["name"] == "synthetic" and saved["format"] == 1
@@ -254,7 +257,7 @@ def test_config_errors_are_clear(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["ml100k_cornac.json", "ml100k_msrec.json",
-                                  "hm_backtest.json"])
+                                  "hm_backtest.json", "hm_backtest_new_to_user.json"])
 def test_shipped_configs_are_valid(name):
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
     assert config["models"][0]["name"] == "popularity"

@@ -185,7 +185,7 @@ def test_to_dict_is_json_and_explain_names_the_parts(fitted):
     data = json.loads(json.dumps(slate.to_dict()))
     assert data["user_id"] == "user05" and len(data["entries"]) == 3
     assert set(data["entries"][0]) == {"item_id", "score", "cf", "taste", "cold", "group",
-                                       "image"}
+                                       "image", "image_error"}
     assert data["style"]["style_id"].endswith("-style")
     text = slate.explain()
     assert text.startswith("user user05; style") and "cf" in text and "taste" in text
@@ -289,3 +289,76 @@ def test_demo_data_end_to_end_with_the_real_encoder(tmp_path, demo_dir):
         "user_id": ["new"] * 2, "item_id": list(catalog.item_ids[:2]),
         "t": ["2020-09-01", "2020-09-02"]}), time_col="t")
     assert loaded.recommend(["new"], k=5, history=history)[0].folded_in
+
+
+def test_history_of_items_the_cf_model_never_saw_gets_the_flagged_fallback(shop, fitted):
+    """Issue 15 (7): a new user who bought only cold items got arbitrary CF scores of 0."""
+    history = Interactions.from_frame(pd.DataFrame({"user_id": ["newbie"] * 2,
+                                                    "item_id": ["red10", "red11"]}))
+    slate = fitted.recommend(["newbie"], k=5, history=history)[0]
+    assert slate.fallback and not slate.folded_in and not slate.taste_fallback
+    assert not {"red10", "red11"} & set(slate.item_ids)  # what they have is still excluded
+    assert _colour(shop, slate).count("red") >= 4  # the taste of their history still counts
+
+
+def test_a_bad_style_folder_fails_before_any_image_is_encoded(tmp_path, shop, monkeypatch):
+    model = StyleRecommender(encoder=ColourGridEncoder())
+    monkeypatch.setattr(model, "_make_encoder", lambda: pytest.fail("encoded first"))
+    with pytest.raises(NotADirectoryError, match="image folder not found: .*nope"):
+        model.fit(shop["data"], shop["catalog"], tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images .* under .*empty"):
+        model.fit(shop["data"], shop["catalog"], tmp_path / "empty")
+
+
+def test_missing_changed_or_escaping_images_skip_their_render_only(tmp_path, shop):
+    """Issue 15: item paths are re-checked when rendering; one bad image skips one render."""
+    import shutil
+
+    from stylers import Renderer, create_styler
+
+    shutil.copytree(shop["root"] / "images", tmp_path / "images")
+    model = StyleRecommender(
+        "als", {"factors": 8, "iterations": 5, "random_state": 0}, encoder=ColourGridEncoder(),
+        ranker_params={"n_cf_candidates": 10, "n_taste_candidates": 10})
+    model.fit(shop["data"], Catalog.from_directory(tmp_path / "images"), shop["styles"])
+    renderer = Renderer(create_styler("color"), tmp_path / "renders", device="cpu",
+                        max_side=32, style_side=32, progress=False)
+    model = StyleRecommender.load(model.save(tmp_path / "model"), renderer=renderer)
+    first = model.recommend(["user01"], k=4)[0].item_ids
+    missing, changed, escaping, fine = (model.item_paths_[i] for i in first)
+    Path(missing).unlink()
+    _image(Path(changed), (0, 0, 0), 0)
+    _image(tmp_path / "outside.jpg", COLOURS["blue"], 0)
+    Path(escaping).unlink()
+    Path(escaping).symlink_to(tmp_path / "outside.jpg")
+    slate = model.recommend(["user01"], k=4, render=True)[0]
+    assert slate.item_ids == first
+    errors = [e.image_error for e in slate.entries]
+    assert "is missing" in errors[0] and "changed since the model was fitted" in errors[1]
+    assert "resolves outside" in errors[2] and errors[3] is None
+    assert [e.image is None for e in slate.entries] == [True, True, True, False]
+    assert Image.open(slate.entries[3].image).size == (16, 24)
+    assert "not rendered: " in slate.explain() and renderer.stats["rendered"] == 1
+
+
+@pytest.mark.parametrize("damaged", ["cf/arrays.npz", "styles/index.faiss", "arrays.npz",
+                                     "recommender.json", "foreign cf/arrays.npz"])
+def test_truncated_or_foreign_files_are_named_on_load(tmp_path, fitted, damaged):
+    path = fitted.save(tmp_path / "model")
+    target = path / damaged.removeprefix("foreign ")
+    if damaged.startswith("foreign"):
+        np.savez(target, weights=np.ones(3))
+    else:
+        target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])
+    with pytest.raises(ValueError, match="damaged|does not match"):
+        StyleRecommender.load(path)
+
+
+def test_a_pipeline_save_refuses_a_folder_of_user_files(tmp_path, fitted):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="no saved model \\(recommender.json missing\\)"):
+        fitted.save(tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]

@@ -64,7 +64,8 @@ def test_grid_renders_once_then_hits_the_cache(tmp_path, images):
     styler = Recorder()
     renderer = Renderer(styler, tmp_path / "cache", device="cpu", batch_size=2, progress=False)
     grid = renderer.render_grid(items, styles)
-    assert len(grid) == 8 and renderer.stats == {"requested": 8, "hits": 0, "rendered": 8}
+    assert len(grid) == 8 and renderer.stats == {"requested": 8, "hits": 0, "rendered": 8,
+                                                          "skipped": 0}
     # batched by style and size: per style, 3 same-size items -> 2 + 1, and the tall one alone
     assert sorted(styler.batches) == sorted([(2, (30, 40)), (1, (30, 40)), (1, (50, 20))] * 2)
     render = load_image(grid["item1", "style0"])
@@ -73,7 +74,7 @@ def test_grid_renders_once_then_hits_the_cache(tmp_path, images):
 
     again = Renderer(Recorder(), tmp_path / "cache", device="cpu", progress=False)
     assert again.render_grid(items, styles) == grid
-    assert again.stats == {"requested": 8, "hits": 8, "rendered": 0}
+    assert again.stats == {"requested": 8, "hits": 8, "rendered": 0, "skipped": 0}
     assert not list((tmp_path / "cache").rglob("*.tmp"))  # atomic writes leave nothing behind
 
 
@@ -218,7 +219,10 @@ def test_cli_render_writes_renders_and_a_gallery(tmp_path, images, capsys):
     assert args.func(args) == 0
     assert "2 renders (0 cached)" in capsys.readouterr().out
     html = (tmp_path / "out" / "index.html").read_text()
-    assert "item1 × mine" in html and (tmp_path / "out" / "contact_sheet.jpg").exists()
+    assert "item1 × mine" in html
+    # the contact sheet is an item x style grid: a header row of styles, a column of items
+    sheet = Image.open(tmp_path / "out" / "contact_sheet.jpg")
+    assert sheet.size == (8 + 2 * 158, 8 + 3 * 222)  # (1 + 1 style) columns, (1 + 2 items) rows
     assert len(list((tmp_path / "cache" / "protected-color").rglob("*.png"))) == 2
 
 
@@ -232,3 +236,42 @@ def test_cli_helpers():
     with pytest.raises(FileNotFoundError, match="item-root"):
         resolve_image("0123", None)
     assert json.loads(json.dumps(create_styler("color").params))  # params are JSON
+
+
+def test_grid_sheet_puts_each_render_at_its_item_row_and_style_column(tmp_path):
+    from stylers.gallery import grid_sheet
+
+    colours = {"grey": (128, 128, 128), "red": (255, 0, 0), "blue": (0, 0, 255)}
+    paths = {}
+    for name, rgb in colours.items():
+        paths[name] = tmp_path / f"{name}.png"
+        Image.new("RGB", (50, 60), rgb).save(paths[name])
+    sheet = Image.open(grid_sheet(
+        {"a": paths["grey"], "b": paths["grey"]}, {"s": paths["grey"], "t": None},
+        {("a", "s"): paths["red"], ("b", "t"): paths["blue"]}, tmp_path / "sheet.png",
+        cell=(50, 60))).convert("RGB")
+
+    def centre(col: int, row: int) -> tuple[int, ...]:
+        return sheet.getpixel((8 + col * 58 + 25, 8 + row * 82 + 14 + 30))
+
+    assert centre(1, 1) == colours["red"] and centre(2, 2) == colours["blue"]
+    assert centre(2, 1) == centre(1, 2) == (255, 255, 255)  # no render: blank cell
+    assert centre(0, 1) == centre(1, 0) == colours["grey"]  # item photos, style images
+
+
+def test_unreadable_images_skip_their_renders_not_the_batch(tmp_path, images):
+    items, styles = images
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    batch = {"item0": items["item0"], "gone": tmp_path / "gone.png",
+             "broken": tmp_path / "broken.png", "item1": items["item1"]}
+    renderer = Renderer(create_styler("color"), tmp_path / "cache", device="cpu", max_side=32,
+                        progress=False)
+    with pytest.raises(FileNotFoundError, match="gone.png"):
+        renderer.render_grid(batch, {"style0": styles["style0"]})
+    grid = renderer.render_grid(batch, {"style0": styles["style0"]}, skip_unreadable=True)
+    assert grid["gone", "style0"] is None and grid["broken", "style0"] is None
+    assert Image.open(grid["item0", "style0"]).size == (32, 24)
+    assert grid["item1", "style0"].is_file()
+    assert set(renderer.skipped) == {("gone", "style0"), ("broken", "style0")}
+    assert "gone.png" in renderer.skipped["gone", "style0"]
+    assert renderer.stats["rendered"] == 2 and renderer.stats["skipped"] == 2
