@@ -68,6 +68,7 @@ from ground.files import (
     atomic_directory,
     file_sha256,
     read_meta,
+    saved_directory,
     write_bytes_atomic,
     write_npz_atomic,
 )
@@ -503,8 +504,9 @@ class AestheticMatcher:
     temperature : float
         Softmax temperature of the mixing weights over the top-``mix_k`` cosines.
     half_life_days : float or None
-        Recency half-life of users' aesthetic vectors (:meth:`taste_model`); a
-        style is a longer-lived trait than the next purchase, hence months.
+        Recency half-life of users' aesthetic vectors (:meth:`taste_model`); needs a
+        time on every event, so the default is none (any log works); the study in
+        ``docs/aesthetic.md`` uses 60 days.
 
     Attributes
     ----------
@@ -519,7 +521,7 @@ class AestheticMatcher:
 
     def __init__(self, block_weights: Mapping[str, float] | None = None, center: bool = True,
                  factory: str = "Flat", mix_k: int = 3, temperature: float = 0.05,
-                 half_life_days: float | None = 60.0, standardise_palette: bool = False) -> None:
+                 half_life_days: float | None = None, standardise_palette: bool = False) -> None:
         self.block_weights = dict(block_weights) if block_weights else None
         self.standardise_palette = standardise_palette
         self.half_life_days = half_life_days
@@ -592,8 +594,8 @@ class AestheticMatcher:
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted matcher to the folder ``path`` (JSON + npz + FAISS; no pickle)."""
-        with atomic_directory(path) as tmp:
-            self.index_.save(tmp / "index")
+        with atomic_directory(path, "matcher.json") as tmp:
+            self.index_.save(tmp)  # index.faiss + meta.json
             arrays = self.space_.arrays()
             if self.magenta_ is not None:
                 arrays["magenta"] = self.magenta_
@@ -609,7 +611,7 @@ class AestheticMatcher:
 
     @classmethod
     def load(cls, path: str | Path) -> AestheticMatcher:
-        path = Path(path)
+        path = saved_directory(path, "matcher.json")
         meta = read_meta(path, "matcher.json", "AestheticMatcher", FORMAT_VERSION)
         self = cls(meta["block_weights"], meta["center"], meta["factory"], meta["mix_k"],
                    meta["temperature"], meta["half_life_days"], meta["standardise_palette"])
@@ -617,7 +619,7 @@ class AestheticMatcher:
             self.space_ = AestheticSpace.from_arrays(z, self.block_weights, self.center,
                                                      self.standardise_palette)
             self.magenta_ = z["magenta"] if "magenta" in z else None
-        self.index_ = StyleIndex.load(path / "index")
+        self.index_ = StyleIndex.load(path)
         self.style_ids_ = meta["style_ids"]
         self.style_paths_ = meta["style_paths"]
         return self
