@@ -1,10 +1,12 @@
-# Two entry points: `make demo` and `make test`. Both create .venv on first use.
+# Entry points: `make demo`, `make test` and `make serve`. Each creates .venv on first use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: demo test lint clean
+.PHONY: demo test serve lint clean
+
+SERVE_MODEL := out/serve/model
 
 $(BIN)/stylerec: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +16,14 @@ $(BIN)/stylerec: pyproject.toml
 
 demo: $(BIN)/stylerec
 	$(BIN)/stylerec demo --data data --out out/demo
+
+# the demo model, fitted once (embeddings shared with `make demo`), then served on loopback
+$(SERVE_MODEL)/recommender.json: | $(BIN)/stylerec
+	$(BIN)/stylerec fit --interactions data/transactions.csv --images data/images \
+		--styles data/styles --cache-dir out/demo/cache/embeddings --out $(SERVE_MODEL)
+
+serve: $(SERVE_MODEL)/recommender.json
+	$(BIN)/stylerec serve --model-dir $(SERVE_MODEL) --feedback-log out/serve/feedback.db --protect
 
 test: $(BIN)/stylerec
 	$(BIN)/python -m pytest

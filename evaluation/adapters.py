@@ -183,7 +183,7 @@ class StyleSlates:
         from recsys.catalog import Catalog
         from recsys.recommender import StyleRecommender
 
-        self.model_ = StyleRecommender(blend=self.blend, **self.options)
+        self.model_ = StyleRecommender(blend=self.blend, **{"ranker": "blend", **self.options})
         catalog = _image_catalog(str(Path(self.images).resolve()))
         if catalog_items is not None:
             keep = [i for i in map(str, catalog_items) if i in catalog]
@@ -231,3 +231,108 @@ def taste_only(images: str | Path, **options: Any) -> StyleSlates:
     nearest to the user's taste compete (cold items included)."""
     ranker = {"n_cf_candidates": 0, **options.pop("ranker_params", {})}
     return StyleSlates(images, **{"blend": 1.0, **options}, ranker_params=ranker)
+
+
+@lru_cache(maxsize=2)
+def _image_embeddings(images: str, cache_dir: str, encoder: str) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and embeddings of every readable image of the folder, from the store (once per
+    process)."""
+    from recsys.embedding_store import EmbeddingStore
+    from recsys.encoders import create_encoder
+
+    catalog = _image_catalog(images)
+    ids = np.asarray(catalog.item_ids, dtype=str)
+    found = EmbeddingStore(cache_dir, create_encoder(encoder)).get_or_compute(
+        ids, [catalog.path(i) for i in ids])
+    return ids[found.ok], found.vectors[found.ok]
+
+
+@lru_cache(maxsize=2)
+def _prices(path: str, user_col: str, item_col: str, time_col: str,
+            price_col: str) -> pd.DataFrame:
+    raw = pd.read_csv(path, dtype={user_col: str, item_col: str})
+    return pd.DataFrame({"user": raw[user_col], "item": raw[item_col],
+                         "time": pd.to_datetime(raw[time_col]), "price": raw[price_col]})
+
+
+class LearnedSlates:
+    """:class:`recsys.learned_ranker.LearnedRanker` behind the batch ``recommend`` interface.
+
+    Parameters
+    ----------
+    images : str, optional
+        Image folder: its embeddings (from the store at ``cache_dir``, encoder
+        ``encoder``), restricted to the window's declared catalog and projected on
+        ``embedding_dim`` whitened principal components fitted on that catalog, feed
+        the visual sources and image features. ``None``: no images.
+    group_prefix : int, optional
+        Items sharing their first ``group_prefix`` characters form a family.
+    prices : str, optional
+        CSV with ``price_columns`` (user, item, time, price), e.g. H&M transactions.
+    **params
+        :class:`~recsys.learned_ranker.LearnedRanker` parameters.
+
+    ``recommend(filter_seen=True)`` removes each user's training items; only the
+    declared catalog's items are recommended.
+
+    Examples
+    --------
+    A config entry::
+
+        {"name": "learned-cf", "model": "evaluation.adapters:LearnedSlates",
+         "params": {"sources": [{"name": "cf", "params": {"model": "als"}},
+                                {"name": "cf", "params": {"model": "itemknn"}}]}}
+    """
+
+    def __init__(self, images: str | None = None, cache_dir: str = "out/cache/embeddings",
+                 encoder: str = "efficientnet-lite0", embedding_dim: int = 128,
+                 group_prefix: int | None = None, prices: str | None = None,
+                 price_columns: Sequence[str] = ("customer_id", "article_id", "t_dat", "price"),
+                 **params: Any) -> None:
+        self.images = images
+        self.cache_dir = cache_dir
+        self.encoder = encoder
+        self.embedding_dim = embedding_dim
+        self.group_prefix = group_prefix
+        self.prices = prices
+        self.price_columns = price_columns
+        self.params = params
+
+    def fit(self, interactions: Interactions,
+            catalog_items: Sequence[str] | None = None) -> LearnedSlates:
+        from recsys.learned_ranker import LearnedRanker
+        from recsys.taste import EmbeddingPCA
+
+        data = observed(interactions)
+        ids = vectors = None
+        if self.images is not None:
+            ids, vectors = _image_embeddings(str(Path(self.images).resolve()),
+                                             str(self.cache_dir), self.encoder)
+            if catalog_items is not None:
+                keep = np.isin(ids, np.asarray(list(map(str, catalog_items))))
+                ids, vectors = ids[keep], vectors[keep]
+            dim = min(int(self.embedding_dim), *vectors.shape)
+            vectors = EmbeddingPCA(dim, whiten=True).fit(vectors).transform(vectors)
+        groups = None
+        if self.group_prefix is not None:
+            items = data.item_ids if ids is None else np.union1d(data.item_ids, ids)
+            groups = {i: i[:self.group_prefix] for i in items}
+        prices = None if self.prices is None else _prices(self.prices, *self.price_columns)
+        self.model_ = LearnedRanker(**self.params).fit(data, ids, vectors, item_groups=groups,
+                                                       prices=prices)
+        self.seen_ = data
+        self.catalog_ = None if catalog_items is None else set(map(str, catalog_items))
+        return self
+
+    def recommend(
+        self, user_ids: Sequence[str], k: int = 10, filter_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` item ids and ranker scores per user (``""`` / ``-inf`` pad)."""
+        exclude = None
+        if filter_seen:
+            rows = self.seen_.user_index(list(user_ids), missing="ignore")
+            matrix = self.seen_.matrix
+            exclude = [set(self.seen_.item_ids[matrix[r].indices]) if r >= 0 else set()
+                       for r in rows]
+        ranked = self.model_.rank(list(user_ids), k, exclude=exclude, candidates=self.catalog_)
+        return ranked.items, ranked.scores

@@ -81,6 +81,8 @@ PRESETS: dict[str, tuple[Any, Any]] = {
     "rank_users": (256, 16),
     "index_factories": (("Flat", "HNSW32"), ("Flat",)),
     "serve_render_users": (3, 1),
+    "engine_images": (3000, 40),
+    "engine_rounds": (2, 1),
 }
 
 
@@ -202,6 +204,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="longer side of the rendered images (default 336, the H&M photos)")
     images.add_argument("--style-side", type=int,
                         help="longer side of the style image (default 512, the Renderer's)")
+    engine = parser.add_argument_group("batch engine (local vs Ray)")
+    engine.add_argument("--engine-images", type=int,
+                        help="images per stylerec embed run (default 3000; quick 40)")
+    engine.add_argument("--engine-rounds", type=int,
+                        help="local/Ray run pairs, alternating (default 2; quick 1)")
+    engine.add_argument("--engine-workers", type=int, default=2, help="Ray actors (default 2)")
 
 
 def _preset(args: argparse.Namespace, name: str) -> Any:
@@ -262,6 +270,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         rank_users=_preset(args, "rank_users"),
         index_factories=_preset(args, "index_factories"),
         serve_render_users=_preset(args, "serve_render_users"),
+        engine_images=_preset(args, "engine_images"),
+        engine_rounds=_preset(args, "engine_rounds"),
+        engine_workers=args.engine_workers,
         seed=args.seed,
     )
 

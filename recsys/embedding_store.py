@@ -4,13 +4,17 @@ Layout of a store directory::
 
     <directory>/<encoder slug>-<sha256(encoder_id)[:12]>/
         encoder.json                {"encoder_id": ..., "dim": ...}
-        shard-<time>-<pid>-<n>.npy  structured rows: key (32-byte SHA-256 digest of the
+        shard-<time>-<pid>-<random>.npy
+                                    structured rows: key (32-byte SHA-256 digest of the
                                     image file), vector (float32[dim])
 
 Each shard is written to a temporary file in the same folder and renamed into place,
 so a shard is either complete or absent: a run killed mid-way loses at most the rows
 it had not flushed, and the next run reuses every finished shard. Shards are read
-memory-mapped. Images are identified by the SHA-256 of their bytes, so renaming or
+memory-mapped. There is no index file: the index is rebuilt from the shards, and
+shard names carry 64 random bits, so several processes (or machines sharing the
+folder, where process ids repeat) can write one store at once without overwriting
+each other's shards. Images are identified by the SHA-256 of their bytes, so renaming or
 moving a file costs nothing and an edited image is recomputed.
 
 Examples
@@ -32,6 +36,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +53,20 @@ from .encoders import ImageEncoder
 log = logging.getLogger(__name__)
 
 _DIGEST_BYTES = 32
+
+
+class StorePlan(NamedTuple):
+    """Result of :meth:`EmbeddingStore.plan`: what a set of images needs.
+
+    ``hashes``: content hash of each input (``None``: unreadable); ``todo``: each hash
+    not in the store → the first input position with it; ``hits``: inputs found in
+    the store; ``failures``: item id → reason, for unreadable inputs.
+    """
+
+    hashes: list[str | None]
+    todo: dict[str, int]
+    hits: int
+    failures: dict[str, str]
 
 
 class StoreLookup(NamedTuple):
@@ -121,7 +140,6 @@ class EmbeddingStore:
         self._index: dict[bytes, tuple[int, int]] = {}
         self._shards: list[np.ndarray] = []
         self._seen_files: set[str] = set()
-        self._counter = 0
         self._open()
 
     @staticmethod
@@ -257,25 +275,15 @@ class EmbeddingStore:
         >>> store.misses_  # a second run computes nothing  # doctest: +SKIP
         0
         """
-        if len(item_ids) != len(paths):
-            raise ValueError(f"{len(item_ids)} item ids but {len(paths)} paths")
         start = time.perf_counter()
-        self.refresh()
-        hashes, failures = self._hash_all(item_ids, paths)
-        todo: dict[str, int] = {}  # hash -> first input position with it
-        hits = 0
-        for i, image_hash in enumerate(hashes):
-            if image_hash is None:
-                continue
-            if bytes.fromhex(image_hash) in self._index:
-                hits += 1
-            else:
-                todo.setdefault(image_hash, i)
+        hashes, todo, hits, failures = self.plan(item_ids, paths)
         self.hits_, self.misses_ = hits, len(todo)
         log.info("%s: %d images, %d cached, %d to compute, %d unreadable",
                  self.path_.name, len(paths), hits, len(todo), len(failures))
         if todo and isinstance(self.encoder, ImageEncoder):
-            failures.update(self._compute(todo, item_ids, paths, batch_size, progress))
+            first = list(todo.values())
+            failures.update(self.write([item_ids[i] for i in first], [paths[i] for i in first],
+                                       list(todo), batch_size, progress))
         elif todo:
             for i in todo.values():
                 failures[str(item_ids[i])] = "not in the store (opened read-only by encoder id)"
@@ -287,26 +295,66 @@ class EmbeddingStore:
                  time.perf_counter() - start, int(ok.sum()), len(failures))
         return StoreLookup(vectors, ok, failures)
 
-    def _compute(
+    def plan(self, item_ids: Sequence[str], paths: Sequence[str | Path]) -> StorePlan:
+        """Hash the images at ``paths`` and split them into cached and still to compute.
+
+        Picks up shards other processes wrote first (:meth:`refresh`). Identical
+        images (same bytes) are one entry of ``todo``.
+
+        Examples
+        --------
+        >>> hashes, todo, hits, failures = store.plan(ids, paths)  # doctest: +SKIP
+        >>> store.write([ids[i] for i in todo.values()], [paths[i] for i in todo.values()],
+        ...             list(todo))  # doctest: +SKIP
+        """
+        if len(item_ids) != len(paths):
+            raise ValueError(f"{len(item_ids)} item ids but {len(paths)} paths")
+        self.refresh()
+        hashes, failures = self._hash_all(item_ids, paths)
+        todo: dict[str, int] = {}
+        hits = 0
+        for i, image_hash in enumerate(hashes):
+            if image_hash is None:
+                continue
+            if bytes.fromhex(image_hash) in self._index:
+                hits += 1
+            else:
+                todo.setdefault(image_hash, i)
+        return StorePlan(hashes, todo, hits, failures)
+
+    def write(
         self,
-        todo: dict[str, int],
         item_ids: Sequence[str],
         paths: Sequence[str | Path],
-        batch_size: int | None,
-        progress: bool,
+        hashes: Sequence[str],
+        batch_size: int | None = None,
+        progress: bool = True,
     ) -> dict[str, str]:
-        assert isinstance(self.encoder, ImageEncoder)
-        keys = list(todo)
-        sources = [paths[todo[k]] for k in keys]
+        """Encode the images at ``paths`` and store them under their content ``hashes``.
+
+        Rows are flushed to a new shard every ``shard_size`` rows and at the end, so
+        everything computed by a call that returns is stored. Several processes may
+        call this on one store folder at once (the batch jobs' workers do).
+
+        Returns
+        -------
+        dict
+            Item id → reason, for the images that could not be decoded.
+        """
+        if not isinstance(self.encoder, ImageEncoder):
+            raise TypeError(f"store of {self.encoder_id_!r} was opened read-only (by encoder "
+                            "id); pass the encoder to compute embeddings")
+        if not len(item_ids) == len(paths) == len(hashes):
+            raise ValueError(f"{len(item_ids)} item ids, {len(paths)} paths, "
+                             f"{len(hashes)} hashes")
         failures: dict[str, str] = {}
         buffer_keys: list[str] = []
         buffer_vectors: list[np.ndarray] = []
-        for batch in self.encoder.encode_batches(sources, batch_size, progress):
+        for batch in self.encoder.encode_batches(paths, batch_size, progress):
             for j, err in batch.failures.items():
-                item_id = str(item_ids[todo[keys[j]]])
-                failures[item_id] = str(err)
-                log.warning("item %s: %s", item_id, err)
-            buffer_keys.extend(keys[j] for j in batch.indices)
+                failures[str(item_ids[j])] = str(err)
+                log.warning("item %s: %s", item_ids[j], err)
+            buffer_keys.extend(hashes[j] for j in batch.indices)
             buffer_vectors.append(batch.vectors)
             if len(buffer_keys) >= self.shard_size:
                 self._flush(buffer_keys, buffer_vectors)
@@ -319,13 +367,18 @@ class EmbeddingStore:
         rows = np.empty(len(keys), self._dtype())
         rows["key"] = np.frombuffer(bytes.fromhex("".join(keys)), np.uint8).reshape(-1, 32)
         rows["vector"] = np.concatenate(vectors)
-        self._counter += 1
-        name = f"shard-{time.time_ns()}-{os.getpid()}-{self._counter:05d}.npy"
+        name = self._shard_name()
         with atomic_write(self.path_ / name) as handle:
             np.save(handle, rows)
         self._seen_files.add(name)
         self._add_shard(np.load(self.path_ / name, mmap_mode="r"))
         log.debug("wrote %s (%d rows)", name, len(keys))
+
+    @staticmethod
+    def _shard_name() -> str:
+        # time first (names sort by age); pid for the logs; random bits for uniqueness
+        # across machines, where the time and the pid can both repeat
+        return f"shard-{time.time_ns()}-{os.getpid()}-{secrets.token_hex(8)}.npy"
 
     def compact(self) -> Path | None:
         """Merge all shards into one (atomically), then delete the merged ones.
@@ -346,8 +399,7 @@ class EmbeddingStore:
         merged["key"] = np.frombuffer(b"".join(keys), np.uint8).reshape(-1, _DIGEST_BYTES)
         for i, (shard, row) in enumerate(rows):
             merged["vector"][i] = self._shards[shard]["vector"][row]
-        self._counter += 1
-        name = f"shard-{time.time_ns()}-{os.getpid()}-{self._counter:05d}.npy"
+        name = self._shard_name()
         with atomic_write(self.path_ / name) as handle:
             np.save(handle, merged)
         for old_name in old:

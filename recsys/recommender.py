@@ -18,9 +18,17 @@ unknown user, no history (or a history of items the CF model never saw)
     taste (mean over all shoppers; or the taste of the history's items when they
     have images); ``Slate.fallback`` is set.
 
-Items the user already has (fit-time or in ``history``) are never recommended.
-Only catalog items with an embedding can be recommended; catalog items nobody
-bought (cold items) are reachable through the taste side of the ranker.
+Ranking: by default (``ranker="learned"``) a
+:class:`~recsys.learned_ranker.LearnedRanker` over several candidate sources
+(repurchase, the CF model, recent popularity, visual neighbours), trained on the
+last weeks of the log; items the user already has may come back (shoppers
+rebuy). When the log is too short for its label windows, or when it does not
+beat its best single source on validation, the slate says what ranked instead
+(``Slate.ranked_by``). With ``ranker="blend"`` the fixed CF ⊕ taste blend of
+:class:`~recsys.ranker.StyleRanker` ranks and items the user already has (fit-time
+or in ``history``) are never recommended. Either way only catalog items with an
+embedding can be recommended; catalog items nobody bought (cold items) are
+reachable through the visual side.
 
 Examples
 --------
@@ -56,6 +64,7 @@ from ground.files import (
 from recsys.catalog import Catalog
 from recsys.cf import Recommender, create_model
 from recsys.interactions import Interactions, _lookup
+from recsys.learned_ranker import IMAGE_FEATURES, RANKERS, LearnedRanker, NotEnoughHistory
 from recsys.ranker import StyleRanker
 from recsys.taste import EmbeddingPCA, TasteModel
 
@@ -74,7 +83,9 @@ class SlateEntry:
     ranker's ``group_weight``; ``image`` is the rendered image when rendering
     was asked for (else ``None``); ``image_error`` says why an entry asked to be
     rendered was not (its image is missing, changed since fit, or outside the
-    catalog root).
+    catalog root). With the learned ranker ``cf`` and ``taste`` are the summed
+    contributions of its behavioural and image features, and ``reasons`` its three
+    largest feature contributions.
     """
 
     item_id: str
@@ -85,6 +96,7 @@ class SlateEntry:
     group: bool = False
     image: str | None = None
     image_error: str | None = None
+    reasons: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -118,6 +130,9 @@ class Slate:
     taste_fallback : bool
         The global taste was used (no history, or none of the user's items
         has an image).
+    ranked_by : str
+        ``"learned"``, ``"blend"``, or the candidate source that ranked because
+        the learned ranker did not beat it on validation.
     """
 
     user_id: str
@@ -126,6 +141,7 @@ class Slate:
     fallback: bool
     folded_in: bool
     taste_fallback: bool
+    ranked_by: str = "blend"
 
     @property
     def item_ids(self) -> list[str]:
@@ -144,11 +160,14 @@ class Slate:
             head += f"; style {self.style.style_id} (similarity {self.style.similarity:.3f})"
             if self.style.mix:
                 head += " mix " + " + ".join(f"{w:.2f} {s}" for s, w in self.style.mix)
+        head += f"; ranked by {self.ranked_by}"
         lines = [head]
         for rank, e in enumerate(self.entries, 1):
             tail = (" cold" if e.cold else "") + (" same-family" if e.group else "")
             tail += f" -> {e.image}" if e.image else ""
             tail += f" (not rendered: {e.image_error})" if e.image_error else ""
+            if e.reasons:
+                tail += "; " + ", ".join(f"{name} {value:+.3f}" for name, value in e.reasons)
             lines.append(f"{rank:3d}. {e.item_id}  score {e.score:+.3f} = cf {e.cf:+.3f} "
                          f"⊕ taste {e.taste:+.3f}{tail}")
         return "\n".join(lines)
@@ -194,6 +213,13 @@ class StyleRecommender:
         Used by ``recommend(render=True)``: anything with a
         ``render([(item_id, item_image, style_id, style_image), ...]) -> [path, ...]``
         method. Not saved with the model (pass it to :meth:`load`).
+    ranker : {"learned", "blend"}
+        A :data:`~recsys.learned_ranker.RANKERS` name: the learned ranker over
+        several candidate sources, or the fixed blend (``blend``, ``ranker_params``).
+    learned_params : dict, optional
+        :class:`~recsys.learned_ranker.LearnedRanker` parameters; by default its
+        sources are repurchase, this CF model, recent popularity and visual
+        neighbours (over the ``index_factory`` of ``ranker_params``).
 
     Attributes
     ----------
@@ -202,6 +228,9 @@ class StyleRecommender:
         The projection applied to item and style embeddings.
     taste_ : TasteModel
     ranker_ : StyleRanker
+        The fixed blend (also what ranks when the learned ranker cannot be trained).
+    learned_ : LearnedRanker or None
+        ``None`` with ``ranker="blend"`` or when the log was too short to train it.
     styles_ : AestheticMatcher or None
         Matches a user's aesthetic vector (from the descriptors of the images they
         engaged with) to the style library.
@@ -244,6 +273,8 @@ class StyleRecommender:
         style_encoder: Any = "aesthetic",
         style_params: dict[str, Any] | None = None,
         renderer: Any = None,
+        ranker: str = "learned",
+        learned_params: dict[str, Any] | None = None,
     ) -> None:
         self.cf_model = cf_model
         self.cf_params = cf_params
@@ -258,6 +289,8 @@ class StyleRecommender:
         self.style_encoder = style_encoder
         self.style_params = style_params
         self.renderer = renderer
+        self.ranker = ranker
+        self.learned_params = learned_params
 
     # -- fitting --------------------------------------------------------------
 
@@ -290,6 +323,7 @@ class StyleRecommender:
         """
         if not isinstance(catalog, Catalog):
             raise TypeError(f"catalog must be a Catalog, got {type(catalog).__name__}")
+        RANKERS.get(self.ranker)  # an unknown name fails before any work
         # a bad style folder fails here, before hours of encoding
         library = None if styles is None else _style_library(styles)
         ranker = StyleRanker(taste_weight=self.blend, **(self.ranker_params or {}))
@@ -321,6 +355,9 @@ class StyleRecommender:
             self.image_roots_["styles"] = str(library.catalog().root)
             self._fit_styles(interactions, catalog, library)
 
+        self.learned_ = None
+        if self.ranker == "learned":
+            self.learned_ = self._fit_learned(interactions, item_ids, item_groups)
         self.image_digests_ = {path: file_sha256(path) for path in
                                (*self.item_paths_.values(), *self.style_paths_.values())}
         users_per_item = np.bincount(interactions.matrix.indices, minlength=interactions.n_items)
@@ -332,6 +369,24 @@ class StyleRecommender:
         log.info("StyleRecommender: %d rankable items (%d cold, %d without image), %d users",
                  len(item_ids), n_cold, len(self.failures_), len(self.cf_.user_ids_))
         return self
+
+    def _fit_learned(self, interactions: Interactions, item_ids: np.ndarray,
+                     item_groups: Mapping[str, str] | None) -> LearnedRanker | None:
+        factory = (self.ranker_params or {}).get("index_factory", "Flat")
+        sources = [{"name": "repurchase"},
+                   {"name": "cf", "params": {"model": self.cf_model,
+                                             "params": self.cf_params or {}}},
+                   {"name": "recent-popularity"},
+                   {"name": "visual-neighbours", "params": {"index_factory": factory}}]
+        params = {"sources": sources} | (self.learned_params or {})
+        styles = None if self.styles_ is None else self.styles_.reconstruct(
+            self.styles_.ids_.tolist())
+        try:
+            return LearnedRanker(**params).fit(interactions, item_ids, self.taste_.item_vectors_,
+                                               styles, item_groups)
+        except NotEnoughHistory as err:
+            log.warning("learned ranker not trained, the blend ranks: %s", err)
+            return None
 
     def _make_encoder(self) -> Any:
         if isinstance(self.encoder, str):
@@ -443,6 +498,8 @@ class StyleRecommender:
             raise ValueError("render=True needs a renderer and style references: pass "
                              "renderer= to StyleRecommender and styles= to fit")
         user_ids = [str(u) for u in user_ids]
+        if self.learned_ is not None:
+            return self._learned_slates(user_ids, k, history, render)
         cf, seen, known, folded = self._cf_scores(user_ids, history)
         profiles = self.taste_.transform(user_ids, history)
         ranking = self.ranker_.rank(cf, profiles, k, exclude=seen, history=seen)
@@ -464,6 +521,45 @@ class StyleRecommender:
                                 fallback=bool(not known[row] and not folded[row]),
                                 folded_in=bool(folded[row]),
                                 taste_fallback=bool(profiles.fallback[row])))
+        return slates
+
+    def _learned_slates(self, user_ids: list[str], k: int, history: Interactions | None,
+                        render: bool) -> list[Slate]:
+        """Slates of the learned ranker, each entry with its feature contributions."""
+        ranked = self.learned_.rank(user_ids, k, history, candidates=self._rank_pos.keys(),
+                                    contributions=True)
+        names = self.learned_.feature_names_
+        image = np.array([n in IMAGE_FEATURES or n.startswith(("visual-", "new-arrivals"))
+                          for n in names])
+        cold_at, family_at = names.index("cold"), names.index("family_events")
+        profiles = self.taste_.transform(user_ids, history)
+        style = self._match_styles(profiles.mean_vectors())
+        items = [row[row != ""] for row in ranked.items]
+        empty = [[None] * len(i) for i in items]
+        images, image_errors = self._render(items, style) if render else (empty, empty)
+        known = _lookup(self._user_pos, user_ids, "user", "ignore") >= 0
+        folded = np.zeros(len(user_ids), bool)
+        if history is not None:
+            folded = history.user_index(user_ids, missing="ignore") >= 0
+        slates = []
+        for row, user in enumerate(user_ids):
+            entries = []
+            for j, item in enumerate(items[row]):
+                feats = ranked.features[row, j]
+                parts = (np.zeros(len(names) + 1) if ranked.contributions is None
+                         else ranked.contributions[row, j])
+                top = np.argsort(-np.abs(parts[:-1]), kind="stable")[:3]
+                reasons = tuple((names[i], float(parts[i])) for i in top if parts[i] != 0)
+                entries.append(SlateEntry(
+                    str(item), float(ranked.scores[row, j]), float(parts[:-1][~image].sum()),
+                    float(parts[:-1][image].sum()), bool(feats[cold_at] == 1),
+                    bool(feats[family_at] > 0), images[row][j], image_errors[row][j],
+                    reasons))
+            slates.append(Slate(user, tuple(entries), style[row],
+                                fallback=bool(not known[row] and not folded[row]),
+                                folded_in=bool(folded[row]),
+                                taste_fallback=bool(profiles.fallback[row]),
+                                ranked_by=self.learned_.choice_))
         return slates
 
     def _cf_scores(
@@ -574,11 +670,14 @@ class StyleRecommender:
             if self.styles_ is not None:
                 self.styles_.save(tmp / "styles")
                 self.style_taste_.save(tmp / "style_taste")
+            if self.learned_ is not None:
+                self.learned_.save(tmp / "learned")
             pca = {} if self.pca_ is None else self.pca_.arrays()
             write_npz_atomic(tmp / "arrays.npz", {"popularity": self.popularity_, **pca})
             params = {name: getattr(self, name) for name in (
                 "cf_model", "cf_params", "encoder_params", "cache_dir", "embedding_dim",
-                "whiten", "taste_params", "blend", "ranker_params", "style_params")}
+                "whiten", "taste_params", "blend", "ranker_params", "style_params", "ranker",
+                "learned_params")}
             params["encoder"] = self.encoder if isinstance(self.encoder, str) else None
             params["style_encoder"] = (self.style_encoder if isinstance(self.style_encoder, str)
                                        else None)
@@ -617,6 +716,8 @@ class StyleRecommender:
 
                 model.styles_ = AestheticMatcher.load(path / "styles")
                 model.style_taste_ = TasteModel.load(path / "style_taste")
+            model.learned_ = (LearnedRanker.load(path / "learned")
+                              if (path / "learned").is_dir() else None)
             with np.load(path / "arrays.npz", allow_pickle=False) as z:
                 model.popularity_ = z["popularity"]
                 model.pca_ = (EmbeddingPCA.from_arrays(dict(z), model.whiten)

@@ -44,7 +44,9 @@ from recsys.interactions import Interactions
 SOURCES: Registry[CandidateSource] = Registry(
     "candidate source", "stylerec.sources",
     builtins={"repurchase": "recsys.sources", "family": "recsys.sources",
-              "recent-popularity": "recsys.sources", "cf": "recsys.sources"},
+              "recent-popularity": "recsys.sources", "cf": "recsys.sources",
+              "visual-neighbours": "recsys.visual_sources",
+              "new-arrivals": "recsys.visual_sources"},
 )
 
 _DAY = np.timedelta64(86400, "s")

@@ -17,6 +17,7 @@ from ground.files import check_replaceable, saved_directory
 from recsys.catalog import Catalog
 from recsys.cf import MODELS, Recommender, create_model
 from recsys.interactions import TIME_UNITS, WEIGHTINGS, load_interactions
+from stylerec.batch import add_batch_parsers
 from stylerec.evaluate_cli import add_evaluate_parser
 from stylerec.render_cli import (
     add_render_parser,
@@ -25,6 +26,7 @@ from stylerec.render_cli import (
     renderer_from_args,
     write_slates_page,
 )
+from stylerec.serve import add_service_parsers
 from stylerec.style_report import add_style_report_parser
 
 log = logging.getLogger("stylerec")
@@ -221,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(sub)
     add_bench_parser(sub)
     add_style_report_parser(sub)
+    add_batch_parsers(sub)
+    add_service_parsers(sub)
     return parser
 
 

@@ -129,6 +129,38 @@ def test_resume_after_crash_reuses_finished_shards(tmp_path, catalog):
     assert resumed.encoded_ == 6 and store.hits_ == 4
 
 
+def test_writers_sharing_a_folder_never_overwrite_each_others_shards(tmp_path, catalog,
+                                                                    monkeypatch):
+    # two machines writing one shared folder: same clock reading, same process id
+    ids, paths, colours = catalog
+    monkeypatch.setattr("recsys.embedding_store.time.time_ns", lambda: 1_700_000_000)
+    monkeypatch.setattr("recsys.embedding_store.os.getpid", lambda: 4242)
+    writers = [EmbeddingStore(tmp_path / "store", ColourEncoder(batch_size=5), shard_size=5)
+               for _ in range(2)]
+    for writer, part in zip(writers, (slice(0, 5), slice(5, 10)), strict=True):
+        hashes, todo, _, _ = writer.plan(ids[part], paths[part])
+        assert writer.write(ids[part], paths[part], hashes, progress=False) == {}
+    monkeypatch.undo()
+    reader = EmbeddingStore(tmp_path / "store", ColourEncoder())
+    assert len(list(reader.path_.glob("shard-*.npy"))) == 2 and len(reader) == 10
+    vectors, ok, _ = reader.get_or_compute(ids, paths, progress=False)
+    assert ok.all() and reader.misses_ == 0
+    np.testing.assert_allclose(vectors, [_expected(c) for c in colours], atol=1e-6)
+
+
+def test_plan_lists_only_what_is_missing_and_write_stores_it(tmp_path, catalog):
+    ids, paths, _ = catalog
+    encoder = ColourEncoder(batch_size=4)
+    store = EmbeddingStore(tmp_path / "store", encoder, shard_size=100)
+    store.get_or_compute(ids[:3], paths[:3], progress=False)
+    hashes, todo, hits, failures = store.plan(ids, paths)
+    assert hits == 3 and failures == {} and sorted(todo.values()) == list(range(3, 10))
+    first = list(todo.values())
+    store.write([ids[i] for i in first], [paths[i] for i in first], list(todo), progress=False)
+    assert encoder.encoded_ == 10  # 3 + 7: nothing twice
+    assert store.plan(ids, paths).todo == {}
+
+
 def test_reads_are_memory_mapped_and_compaction_keeps_vectors(tmp_path, catalog):
     ids, paths, _ = catalog
     store = EmbeddingStore(tmp_path / "store", ColourEncoder(batch_size=3), shard_size=3)

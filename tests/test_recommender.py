@@ -84,7 +84,7 @@ def shop(tmp_path_factory) -> dict:
 def fitted(shop) -> StyleRecommender:
     model = StyleRecommender(
         "als", {"factors": 8, "iterations": 5, "random_state": 0}, encoder=ColourGridEncoder(),
-        taste_params={"method": "kmeans", "items_per_centroid": 3}, blend=0.7,
+        taste_params={"method": "kmeans", "items_per_centroid": 3}, blend=0.7, ranker="blend",
         ranker_params={"n_cf_candidates": 10, "n_taste_candidates": 10})
     return model.fit(shop["data"], shop["catalog"], shop["styles"])
 
@@ -122,6 +122,7 @@ def test_item_groups_bring_in_siblings_of_bought_items(shop):
     groups = {item: f"{colour}-{int(item[-2:]) // 2}" for item, colour in shop["items"].items()}
     model = StyleRecommender(
         encoder=ColourGridEncoder(), cf_params={"factors": 4, "iterations": 2}, blend=0.5,
+        ranker="blend",
         ranker_params={"group_weight": 5.0, "n_cf_candidates": 2, "n_taste_candidates": 2})
     model.fit(shop["data"], shop["catalog"], item_groups=groups)
     slate = model.recommend(["user04"], k=3)[0]
@@ -185,7 +186,7 @@ def test_to_dict_is_json_and_explain_names_the_parts(fitted):
     data = json.loads(json.dumps(slate.to_dict()))
     assert data["user_id"] == "user05" and len(data["entries"]) == 3
     assert set(data["entries"][0]) == {"item_id", "score", "cf", "taste", "cold", "group",
-                                       "image", "image_error"}
+                                       "image", "image_error", "reasons"}
     assert data["style"]["style_id"].endswith("-style")
     text = slate.explain()
     assert text.startswith("user user05; style") and "cf" in text and "taste" in text
@@ -194,7 +195,8 @@ def test_to_dict_is_json_and_explain_names_the_parts(fitted):
 
 def test_embedding_dim_projects_items_and_styles(tmp_path, shop):
     model = StyleRecommender(encoder=ColourGridEncoder(), embedding_dim=4,
-                             cf_params={"factors": 4, "iterations": 2}, blend=0.9)
+                             cf_params={"factors": 4, "iterations": 2}, blend=0.9,
+                             ranker="blend")
     model.fit(shop["data"], shop["catalog"], shop["styles"])
     assert model.ranker_.item_vectors_.shape == (36, 4)
     slate = model.recommend(["user02"], k=3)[0]
@@ -276,7 +278,7 @@ def test_demo_data_end_to_end_with_the_real_encoder(tmp_path, demo_dir):
     catalog = Catalog.from_directory(demo_dir / "images")
     model = StyleRecommender(
         "als", {"factors": 16, "iterations": 5}, cache_dir=tmp_path / "cache",
-        taste_params={"method": "kmeans", "half_life_days": 14}, blend=0.5,
+        taste_params={"method": "kmeans", "half_life_days": 14}, blend=0.5, ranker="blend",
         ranker_params={"affinity": "softmax", "group_weight": 1.0, "index_factory": "HNSW32"})
     model.fit(data, catalog, demo_dir / "styles",
               item_groups={i: i[:7] for i in catalog.item_ids})

@@ -1,0 +1,307 @@
+"""Visual candidate sources and the learned ranker: hand-computed candidates, label
+windows that never leak, the no-harm default, save/load and thread safety."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys.interactions import Interactions
+from recsys.learned_ranker import RANKERS, LearnedRanker, NotEnoughHistory
+from recsys.ranker import StyleRanker
+from recsys.sources import SOURCES
+from recsys.visual_sources import NewArrivals, VisualNeighbours
+
+# four items on a circle: a=0°, b=30°, c=90°, d=180°
+ANGLES = {"a": 0, "b": 30, "c": 90, "d": 180}
+VECTORS = np.array([[np.cos(np.radians(t)), np.sin(np.radians(t))] for t in ANGLES.values()],
+                   dtype=np.float32)
+
+
+def _log(rows: list[tuple[str, str, str]]) -> Interactions:
+    return Interactions.from_frame(pd.DataFrame(rows, columns=["user_id", "item_id", "t"]),
+                                   time_col="t")
+
+
+@pytest.fixture()
+def small_log() -> Interactions:
+    # u bought c long ago and a on the last day; v bought d
+    return _log([("u", "c", "2020-01-01"), ("u", "a", "2020-03-01"), ("v", "d", "2020-02-01")])
+
+
+def test_visual_neighbours_match_hand_computed_cosines(small_log):
+    source = VisualNeighbours(recent_items=1, half_life_days=1.0)
+    source.set_embeddings(list(ANGLES), VECTORS).fit(small_log)
+    items, scores = source.candidates(["u", "v", "stranger"], n=3)
+    # u: queries a (latest item) and the taste vector (c 59 days older: weight 2^-59, so the
+    # taste is a). Own items a is skipped; b cos 30° = 0.866, c cos 90° = 0, d cos 180° = -1
+    assert items[0].tolist() == ["b", "c", "d"]
+    np.testing.assert_allclose(scores[0], [np.cos(np.radians(30)), 0.0, -1.0], atol=1e-5)
+    # v: query d; c at 90°, b at 150°, a at 180°
+    assert items[1].tolist() == ["c", "b", "a"]
+    np.testing.assert_allclose(scores[1], [0.0, np.cos(np.radians(150)), -1.0], atol=1e-5)
+    assert items[2].tolist() == ["", "", ""] and np.isneginf(scores[2]).all()
+
+
+def test_visual_neighbours_fold_in_history(small_log):
+    source = VisualNeighbours(recent_items=1).set_embeddings(list(ANGLES), VECTORS)
+    source.fit(small_log)
+    history = _log([("new", "c", "2020-03-01")])
+    items, _ = source.candidates(["new"], n=1, history=history)
+    assert items.tolist() == [["b"]]  # nearest to c (90°) other than c: b at 60°
+
+
+def test_new_arrivals_rank_only_unbought_catalog_items(small_log):
+    catalog = ["a", "b", "b", "d", "c", "e"]  # b listed twice; e has no embedding
+    visual = NewArrivals(catalog, recent_items=1, half_life_days=1.0)
+    visual.set_embeddings(list(ANGLES), VECTORS)
+    items, scores = visual.fit(small_log).candidates(["u", "v"], n=3)
+    # new = never bought: b and e; e has no image, so visual ranking reaches b only
+    assert items.tolist() == [["b", "", ""], ["b", "", ""]]
+    np.testing.assert_allclose(scores[:, 0], [np.cos(np.radians(30)),
+                                              np.cos(np.radians(150))], atol=1e-5)
+    listed = NewArrivals(catalog, rank="listed").fit(small_log)
+    items, scores = listed.candidates(["anyone"], n=3)
+    assert items.tolist() == [["b", "e", ""]] and scores[0, :2].tolist() == [2.0, 1.0]
+    assert NewArrivals(catalog, max_events=1, rank="listed").fit(small_log).candidates(
+        ["x"], 5)[0].tolist() == [["b", "a", "c", "d", "e"]]
+
+
+def test_new_arrivals_read_a_catalog_file(tmp_path, small_log):
+    path = tmp_path / "week.csv"
+    pd.DataFrame({"article_id": ["0b", "0b", "a"]}).to_csv(path, index=False)
+    items, _ = NewArrivals(str(path), rank="listed").fit(small_log).candidates(["u"], 2)
+    assert items.tolist() == [["0b", ""]]
+    with pytest.raises(ValueError, match="needs an item id column 'sku'"):
+        NewArrivals(str(path), id_column="sku", rank="listed").fit(small_log)
+
+
+def test_visual_sources_are_registered_and_need_embeddings(small_log):
+    assert SOURCES.get("visual-neighbours") is VisualNeighbours
+    assert SOURCES.get("new-arrivals") is NewArrivals
+    with pytest.raises(RuntimeError, match="set_embeddings"):
+        VisualNeighbours().fit(small_log)
+    assert RANKERS.get("learned") is LearnedRanker and RANKERS.get("blend") is StyleRanker
+
+
+def _weekly_shop(seed: int = 0, weeks: int = 14, planted: tuple | None = None) -> Interactions:
+    """40 shoppers who rebuy their own favourite every week, plus random other buys."""
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp("2020-01-06")
+    rows = []
+    for u in range(40):
+        favourite = f"i{u % 20:02d}"
+        for w in range(weeks):
+            day = start + pd.Timedelta(days=7 * w + int(rng.integers(0, 7)))
+            rows.append((f"u{u:02d}", favourite, day))
+            if rng.random() < 0.5:
+                rows.append((f"u{u:02d}", f"i{int(rng.integers(20, 30)):02d}", day))
+    if planted is not None:
+        rows.append(planted)
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "t"])
+    return Interactions.from_frame(frame, time_col="t")
+
+
+SIMPLE = [{"name": "repurchase"}, {"name": "recent-popularity"}]
+
+
+def test_label_windows_are_whole_days_and_never_see_the_future():
+    data = _weekly_shop()
+    ranker = LearnedRanker(SIMPLE, window_days=7, train_windows=3, validation_windows=1)
+    windows = ranker.label_windows(data)
+    assert len(windows) == 4
+    last = data.events["time"].max()
+    for j, (history, labels) in enumerate(windows):
+        assert history.events["time"].max() < labels.events["time"].min()
+        assert labels.events["time"].max() - labels.events["time"].min() < pd.Timedelta(days=7)
+        assert labels.events["time"].max() <= last - pd.Timedelta(days=7 * (3 - j))
+    # consecutive windows touch: the next history ends where this window ends
+    for (_, labels), (history, _) in zip(windows, windows[1:], strict=False):
+        assert history.events["time"].max() == labels.events["time"].max()
+
+
+def test_a_planted_future_event_changes_labels_but_no_feature():
+    last = _weekly_shop().events["time"].max()
+    planted = ("u00", "i29", last)  # bought on the last day: a label of the last window only
+    clean, dirty = _weekly_shop(), _weekly_shop(planted=planted)
+    ranker = LearnedRanker(SIMPLE, train_windows=1, validation_windows=0)
+    ranker._prepare(dirty, None, None, None, None, None)
+    (h_clean, l_clean), = ranker.label_windows(clean)
+    (h_dirty, l_dirty), = ranker.label_windows(dirty)
+    assert len(h_clean) == len(h_dirty) and len(l_dirty) == len(l_clean) + 1
+    a, b = ranker._examples(h_clean, l_clean), ranker._examples(h_dirty, l_dirty)
+    np.testing.assert_array_equal(a["pool"].item, b["pool"].item)
+    np.testing.assert_array_equal(a["pool"].features, b["pool"].features)
+    row = np.flatnonzero((b["pool"].item == "i29") & (b["pool"].user == 0))
+    assert len(row) == 1 and b["y"][row[0]] == 1 and a["y"][row[0]] == 0
+
+
+def test_a_window_catalog_never_comes_from_its_own_label_purchases():
+    """i31 is first bought, by a known shopper, inside the last window: it was not known
+    to be on sale before, so no source may propose it there; i30, bought in the window
+    by a newcomer, is declared by that purchase and may be proposed."""
+    last = _weekly_shop().events["time"].max()
+    data = _weekly_shop(planted=("u00", "i31", last))
+    data = Interactions.from_frame(pd.concat([
+        pd.DataFrame({"user_id": data.user_ids[data.events["user"]],
+                      "item_id": data.item_ids[data.events["item"]], "t": data.events["time"]}),
+        pd.DataFrame({"user_id": ["newcomer"], "item_id": ["i30"], "t": [last]})]), time_col="t")
+    items = [f"i{j:02d}" for j in range(32)]
+    vectors = np.random.default_rng(2).standard_normal((32, 8)).astype(np.float32)
+    ranker = LearnedRanker([{"name": "new-arrivals"}], n_candidates=5, train_windows=1,
+                           validation_windows=0)
+    ranker._prepare(data, items, vectors, None, None, None)
+    (history, labels), = ranker.label_windows(data)
+    example = ranker._examples(history, labels)
+    proposed = set(example["pool"].item)
+    assert "i31" not in proposed and "i30" in proposed
+    assert all("i31" not in row for ids in example["source_items"] for row in ids)
+
+
+def test_the_default_never_loses_to_a_clearly_best_source_on_validation():
+    """Everyone rebuys one favourite each week: repurchase is (nearly) perfect, so the
+    ranker either beats it on the validation windows or hands the slates to it."""
+    ranker = LearnedRanker(SIMPLE, n_candidates=10, train_windows=4, validation_windows=2,
+                           n_rounds=30, model_params={"min_data_in_leaf": 5})
+    ranker.fit(_weekly_shop(weeks=14))
+    scores = {k: v for k, v in ranker.validation_.items() if k != "pairs"}
+    assert max(("repurchase", "recent-popularity"), key=scores.get) == "repurchase"
+    assert scores["repurchase"] > 0.5 > scores["recent-popularity"]
+    served = "learned" if ranker.choice_ == "learned" else ranker.choice_
+    assert scores[served] >= scores["repurchase"]
+    assert ranker.choice_ == "repurchase" or scores["learned"] > scores["repurchase"]
+
+
+def test_the_ranker_hands_over_to_the_source_it_cannot_beat():
+    data = _weekly_shop(weeks=12)
+    ranker = LearnedRanker([{"name": "recent-popularity"}, {"name": "repurchase"}],
+                           n_candidates=5, train_windows=3, validation_windows=2, n_rounds=5,
+                           model_params={"min_data_in_leaf": 1000}).fit(data)  # a stump
+    assert ranker.choice_ == "repurchase" and ranker.booster_ is None
+    users = ["u00", "u07"]
+    expected = SOURCES.create("repurchase").fit(data).candidates(users, 3)[0]
+    np.testing.assert_array_equal(ranker.rank(users, 3).items, expected)
+
+
+def test_too_short_a_log_is_a_clear_error():
+    data = _log([("u", "a", "2020-01-01"), ("u", "b", "2020-01-01")])
+    with pytest.raises(NotEnoughHistory, match="too few days"):
+        LearnedRanker(SIMPLE).fit(data)
+    with pytest.raises(ValueError, match="share a label"):
+        LearnedRanker([{"name": "repurchase"}, {"name": "repurchase"}]).fit(data)
+
+
+@pytest.fixture(scope="module")
+def visual_ranker():
+    data = _weekly_shop(weeks=12)
+    items = [f"i{j:02d}" for j in range(32)]  # i30, i31: never bought
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((len(items), 8)).astype(np.float32)
+    prices = data.events.assign(user=data.user_ids[data.events["user"]],
+                                item=data.item_ids[data.events["item"]],
+                                price=0.01 * (1 + data.events["item"] % 5))
+    sources = SIMPLE + [{"name": "visual-neighbours"}, {"name": "new-arrivals"}]
+    ranker = LearnedRanker(sources, n_candidates=8, train_windows=3, validation_windows=0,
+                           n_rounds=20, model_params={"min_data_in_leaf": 5})
+    ranker.fit(data, items, vectors, style_vectors=vectors[:3],
+               item_groups={i: i[:2] for i in items}, prices=prices)
+    return ranker
+
+
+def test_image_features_and_contributions_explain_the_score(visual_ranker):
+    names = visual_ranker.feature_names_
+    assert {"cos_taste", "cos_recent", "cos_nearest", "cos_style", "price_ratio",
+            "family_events", "visual-neighbours_score", "new-arrivals_rank"} <= set(names)
+    ranked = visual_ranker.rank(["u00", "u03"], 5, contributions=True)
+    valid = ranked.items != ""
+    np.testing.assert_allclose(ranked.contributions.sum(axis=2)[valid], ranked.scores[valid],
+                               rtol=1e-4, atol=1e-4)
+    assert set(visual_ranker.feature_importances_) == set(names)
+
+
+def test_save_load_gives_the_same_slates(tmp_path, visual_ranker):
+    users = ["u00", "u05", "u39", "stranger"]
+    before = visual_ranker.rank(users, 6)
+    loaded = LearnedRanker.load(visual_ranker.save(tmp_path / "ranker"))
+    after = loaded.rank(users, 6)
+    np.testing.assert_array_equal(before.items, after.items)
+    np.testing.assert_allclose(before.scores, after.scores, rtol=1e-6)
+    assert not list(tmp_path.rglob("*.pkl")) and (tmp_path / "ranker" / "model.txt").is_file()
+
+
+def test_rank_is_thread_safe_and_batch_independent(visual_ranker):
+    users = [f"u{u:02d}" for u in range(40)]
+    serial = [visual_ranker.rank([u], 5).items[0].tolist() for u in users]
+    assert visual_ranker.rank(users, 5).items.tolist() == serial
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda u: visual_ranker.rank([u], 5).items[0].tolist(), users))
+    assert threaded == serial
+
+
+def test_exclude_and_candidates_restrict_the_slate(visual_ranker):
+    top = visual_ranker.rank(["u00"], 3).items[0]
+    again = visual_ranker.rank(["u00"], 3, exclude=[{top[0]}]).items[0]
+    assert top[0] not in again and again[0] == top[1]
+    only = visual_ranker.rank(["u00"], 3, candidates={"i30", "i31"}).items[0]
+    assert set(only) <= {"i30", "i31", ""}
+
+
+@pytest.fixture(scope="module")
+def weekly_images(tmp_path_factory):
+    """Colour images of i00..i31 and three colour styles."""
+    from test_recommender import COLOURS, _image
+
+    root = tmp_path_factory.mktemp("weekly")
+    colours = list(COLOURS.values())
+    for j in range(32):
+        _image(root / "images" / f"i{j:02d}.jpg", colours[j % 3], 4 * (j // 3) - 20)
+    for name, rgb in COLOURS.items():
+        _image(root / "styles" / f"{name}.jpg", rgb, 0)
+    return root
+
+
+def _pipeline(**params):
+    from test_recommender import ColourGridEncoder
+
+    from recsys.recommender import StyleRecommender
+
+    return StyleRecommender(encoder=ColourGridEncoder(), embedding_dim=4,
+                            cf_params={"factors": 4, "iterations": 2, "random_state": 0},
+                            **params)
+
+
+@pytest.fixture(scope="module")
+def weekly_pipeline(weekly_images):
+    from recsys.catalog import Catalog
+
+    model = _pipeline(learned_params={"train_windows": 3, "validation_windows": 1,
+                                      "n_candidates": 8, "n_rounds": 20,
+                                      "model_params": {"min_data_in_leaf": 5}})
+    catalog = Catalog.from_directory(weekly_images / "images")
+    return model.fit(_weekly_shop(weeks=10), catalog, weekly_images / "styles")
+
+
+def test_style_recommender_ranks_with_the_learned_ranker_by_default(tmp_path, weekly_pipeline):
+    model = weekly_pipeline
+    assert model.ranker == "learned" and model.learned_ is not None
+    slate = model.recommend(["u00"], k=4)[0]
+    assert slate.ranked_by == model.learned_.choice_ and len(slate.entries) == 4
+    assert f"ranked by {slate.ranked_by}" in slate.explain()
+    if slate.ranked_by == "learned":
+        assert all(e.reasons for e in slate.entries)
+    loaded = type(model).load(model.save(tmp_path / "pipeline"))
+    assert loaded.recommend(["u00", "u11"], k=4) == model.recommend(["u00", "u11"], k=4)
+
+
+def test_too_short_a_log_falls_back_to_the_blend(weekly_images):
+    from recsys.catalog import Catalog
+
+    data = _log([("u", "i00", "2020-01-01"), ("v", "i01", "2020-01-02"),
+                 ("u", "i03", "2020-01-02")])
+    model = _pipeline().fit(data, Catalog.from_directory(weekly_images / "images"))
+    slate = model.recommend(["u"], k=3)[0]
+    assert model.learned_ is None and slate.ranked_by == "blend" and len(slate.entries) == 3
+    assert "i00" not in slate.item_ids  # the blend filters what the user has
