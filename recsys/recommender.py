@@ -357,7 +357,10 @@ class StyleRecommender:
 
         self.learned_ = None
         if self.ranker == "learned":
-            self.learned_ = self._fit_learned(interactions, item_ids, item_groups)
+            # the learned ranker's cos_style feature lives in the taste space
+            taste_styles = None if library is None else self._taste_space_styles(encoder,
+                                                                                  library)
+            self.learned_ = self._fit_learned(interactions, item_ids, item_groups, taste_styles)
         self.image_digests_ = {path: file_sha256(path) for path in
                                (*self.item_paths_.values(), *self.style_paths_.values())}
         users_per_item = np.bincount(interactions.matrix.indices, minlength=interactions.n_items)
@@ -371,7 +374,8 @@ class StyleRecommender:
         return self
 
     def _fit_learned(self, interactions: Interactions, item_ids: np.ndarray,
-                     item_groups: Mapping[str, str] | None) -> LearnedRanker | None:
+                     item_groups: Mapping[str, str] | None, styles: np.ndarray | None
+                     ) -> LearnedRanker | None:
         factory = (self.ranker_params or {}).get("index_factory", "Flat")
         sources = [{"name": "repurchase"},
                    {"name": "cf", "params": {"model": self.cf_model,
@@ -379,14 +383,20 @@ class StyleRecommender:
                    {"name": "recent-popularity"},
                    {"name": "visual-neighbours", "params": {"index_factory": factory}}]
         params = {"sources": sources} | (self.learned_params or {})
-        styles = None if self.styles_ is None else self.styles_.reconstruct(
-            self.styles_.ids_.tolist())
         try:
             return LearnedRanker(**params).fit(interactions, item_ids, self.taste_.item_vectors_,
                                                styles, item_groups)
         except NotEnoughHistory as err:
             log.warning("learned ranker not trained, the blend ranks: %s", err)
             return None
+
+    def _taste_space_styles(self, encoder: Any, library: Any) -> np.ndarray:
+        """The style references embedded like the items (taste encoder, PCA)."""
+        vectors, ok, failures = self._embed(encoder, np.asarray(library.ids, dtype=str),
+                                            library.catalog())
+        if not ok.all():
+            raise ValueError(f"style references could not be embedded: {failures}")
+        return vectors if self.pca_ is None else self.pca_.transform(vectors)
 
     def _make_encoder(self) -> Any:
         if isinstance(self.encoder, str):
@@ -533,7 +543,7 @@ class StyleRecommender:
                           for n in names])
         cold_at, family_at = names.index("cold"), names.index("family_events")
         profiles = self.taste_.transform(user_ids, history)
-        style = self._match_styles(profiles.mean_vectors())
+        style = self._match_styles(user_ids, history)
         items = [row[row != ""] for row in ranked.items]
         empty = [[None] * len(i) for i in items]
         images, image_errors = self._render(items, style) if render else (empty, empty)
