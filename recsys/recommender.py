@@ -66,7 +66,6 @@ from recsys.cf import Recommender, create_model
 from recsys.interactions import Interactions, _lookup
 from recsys.learned_ranker import IMAGE_FEATURES, RANKERS, LearnedRanker, NotEnoughHistory
 from recsys.ranker import StyleRanker
-from recsys.style_index import StyleIndex
 from recsys.taste import EmbeddingPCA, TasteModel
 
 log = logging.getLogger(__name__)
@@ -102,11 +101,14 @@ class SlateEntry:
 
 @dataclass(frozen=True)
 class StyleMatch:
-    """The style reference nearest to a user's taste (cosine ``similarity``)."""
+    """The style reference nearest to a user's aesthetic (cosine ``similarity`` in the
+    aesthetic space of :mod:`recsys.aesthetic`) and the user's personal ``mix`` of their
+    nearest references (``(style_id, weight)`` pairs, best first)."""
 
     style_id: str
     path: str
     similarity: float
+    mix: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,8 @@ class Slate:
         head = f"user {self.user_id}" + (f" [{', '.join(flags)}]" if flags else "")
         if self.style is not None:
             head += f"; style {self.style.style_id} (similarity {self.style.similarity:.3f})"
+            if self.style.mix:
+                head += " mix " + " + ".join(f"{w:.2f} {s}" for s, w in self.style.mix)
         head += f"; ranked by {self.ranked_by}"
         lines = [head]
         for rank, e in enumerate(self.entries, 1):
@@ -199,6 +203,12 @@ class StyleRecommender:
         Weight of the taste part in the final score (``StyleRanker.taste_weight``).
     ranker_params : dict, optional
         Other :class:`~recsys.ranker.StyleRanker` parameters.
+    style_encoder : str or ImageEncoder
+        Descriptor encoder of the style matcher (:class:`~recsys.aesthetic.AestheticEncoder`
+        by default); its descriptors are cached in ``cache_dir`` too.
+    style_params : dict, optional
+        :class:`~recsys.aesthetic.AestheticMatcher` parameters (``block_weights``,
+        ``half_life_days``, ``mix_k``…).
     renderer : stylers.Renderer, optional
         Used by ``recommend(render=True)``: anything with a
         ``render([(item_id, item_image, style_id, style_image), ...]) -> [path, ...]``
@@ -221,7 +231,11 @@ class StyleRecommender:
         The fixed blend (also what ranks when the learned ranker cannot be trained).
     learned_ : LearnedRanker or None
         ``None`` with ``ranker="blend"`` or when the log was too short to train it.
-    styles_ : StyleIndex or None
+    styles_ : AestheticMatcher or None
+        Matches a user's aesthetic vector (from the descriptors of the images they
+        engaged with) to the style library.
+    style_taste_ : TasteModel or None
+        Users' aesthetic vectors in the matcher's space.
     style_paths_ : dict of str to str
         Style reference id → image path.
     item_paths_ : dict of str to str
@@ -256,6 +270,8 @@ class StyleRecommender:
         taste_params: dict[str, Any] | None = None,
         blend: float = 0.5,
         ranker_params: dict[str, Any] | None = None,
+        style_encoder: Any = "aesthetic",
+        style_params: dict[str, Any] | None = None,
         renderer: Any = None,
         ranker: str = "learned",
         learned_params: dict[str, Any] | None = None,
@@ -270,6 +286,8 @@ class StyleRecommender:
         self.taste_params = taste_params
         self.blend = blend
         self.ranker_params = ranker_params
+        self.style_encoder = style_encoder
+        self.style_params = style_params
         self.renderer = renderer
         self.ranker = ranker
         self.learned_params = learned_params
@@ -311,9 +329,9 @@ class StyleRecommender:
             The interaction log.
         catalog : Catalog
             Item images; only items with a readable image can be recommended.
-        styles : folder, Catalog or None
-            Style reference images (id = file stem for a folder); ``None`` fits
-            without style matching.
+        styles : folder, Catalog, StyleLibrary or None
+            Style references (a folder: id = file stem, metadata from its
+            ``styles.csv``); ``None`` fits without style matching.
         item_groups : mapping of str to str, optional
             Item id → group key (e.g. the product code of H&M articles, shared
             by the colour variants of a garment), for the ranker's group part
@@ -327,8 +345,7 @@ class StyleRecommender:
             raise TypeError(f"catalog must be a Catalog, got {type(catalog).__name__}")
         RANKERS.get(self.ranker)  # an unknown name fails before any work
         # a bad style folder fails here, before hours of encoding
-        style_catalog = (styles if isinstance(styles, Catalog) or styles is None
-                         else Catalog.from_directory(styles))
+        library = None if styles is None else _style_library(styles)
         ranker = StyleRanker(taste_weight=self.blend, **(self.ranker_params or {}))
         taste = TasteModel(**(self.taste_params or {}))
         ranker._check_params()
@@ -352,26 +369,18 @@ class StyleRecommender:
         groups = None if item_groups is None else [item_groups.get(i) for i in item_ids]
         self.ranker_ = ranker.fit(item_ids, self.taste_.item_vectors_, self.encoder_id_, groups)
 
-        self.styles_, self.style_paths_ = None, {}
+        self.styles_, self.style_taste_, self.style_paths_ = None, None, {}
         self.image_roots_ = {"items": str(catalog.root)}
-        if style_catalog is not None:
-            self.image_roots_["styles"] = str(style_catalog.root)
-            style_ids = np.asarray(style_catalog.item_ids, dtype=str)
-            style_vectors, style_ok, style_failures = self._embed(encoder, style_ids,
-                                                                  style_catalog)
-            if not style_ok.any():
-                raise ValueError(f"none of the style references could be embedded: "
-                                 f"{style_failures}")
-            style_vectors = style_vectors[style_ok]
-            if self.pca_ is not None:
-                style_vectors = self.pca_.transform(style_vectors)
-            self.styles_ = StyleIndex().fit(style_ids[style_ok], style_vectors,
-                                            encoder_id=self.encoder_id_)
-            self.style_paths_ = {s: str(style_catalog.path(s)) for s in style_ids[style_ok]}
+        if library is not None:
+            self.image_roots_["styles"] = str(library.catalog().root)
+            self._fit_styles(interactions, catalog, library)
 
         self.learned_ = None
         if self.ranker == "learned":
-            self.learned_ = self._fit_learned(interactions, item_ids, item_groups)
+            # the learned ranker's cos_style feature lives in the taste space
+            taste_styles = None if library is None else self._taste_space_styles(encoder,
+                                                                                  library)
+            self.learned_ = self._fit_learned(interactions, item_ids, item_groups, taste_styles)
         self.image_digests_ = {path: file_sha256(path) for path in
                                (*self.item_paths_.values(), *self.style_paths_.values())}
         users_per_item = np.bincount(interactions.matrix.indices, minlength=interactions.n_items)
@@ -385,7 +394,8 @@ class StyleRecommender:
         return self
 
     def _fit_learned(self, interactions: Interactions, item_ids: np.ndarray,
-                     item_groups: Mapping[str, str] | None) -> LearnedRanker | None:
+                     item_groups: Mapping[str, str] | None, styles: np.ndarray | None
+                     ) -> LearnedRanker | None:
         factory = (self.ranker_params or {}).get("index_factory", "Flat")
         sources = [{"name": "repurchase"},
                    {"name": "cf", "params": {"model": self.cf_model,
@@ -397,14 +407,20 @@ class StyleRecommender:
             # its label windows and recency sources need times: the documented fallback
             log.warning("learned ranker not trained (the log has no times), the blend ranks")
             return None
-        styles = None if self.styles_ is None else self.styles_.reconstruct(
-            self.styles_.ids_.tolist())
         try:
             return LearnedRanker(**params).fit(interactions, item_ids, self.taste_.item_vectors_,
                                                styles, item_groups)
         except NotEnoughHistory as err:
             log.warning("learned ranker not trained, the blend ranks: %s", err)
             return None
+
+    def _taste_space_styles(self, encoder: Any, library: Any) -> np.ndarray:
+        """The style references embedded like the items (taste encoder, PCA)."""
+        vectors, ok, failures = self._embed(encoder, np.asarray(library.ids, dtype=str),
+                                            library.catalog())
+        if not ok.all():
+            raise ValueError(f"style references could not be embedded: {failures}")
+        return vectors if self.pca_ is None else self.pca_.transform(vectors)
 
     def _make_encoder(self) -> Any:
         if isinstance(self.encoder, str):
@@ -414,6 +430,27 @@ class StyleRecommender:
         if self.encoder_params:
             raise ValueError("encoder_params apply to a named encoder, not an encoder instance")
         return self.encoder
+
+    def _fit_styles(self, interactions: Interactions, catalog: Catalog, styles: Any) -> None:
+        """The aesthetic matcher: descriptors of the catalog and the references (a
+        :class:`~recsys.aesthetic.StyleLibrary`), users' aesthetic vectors from what they
+        engaged with."""
+        from recsys.aesthetic import AestheticMatcher
+        from recsys.encoders import create_encoder
+
+        encoder = (create_encoder(self.style_encoder) if isinstance(self.style_encoder, str)
+                   else self.style_encoder)
+        item_ids = self.ranker_.item_ids_
+        items, ok, _ = self._embed(encoder, item_ids, catalog)
+        refs, ref_ok, failures = self._embed(encoder, np.asarray(styles.ids, dtype=str),
+                                             styles.catalog())
+        if not ref_ok.all():
+            raise ValueError(f"style references could not be described: {failures}")
+        matcher = AestheticMatcher(**(self.style_params or {}))
+        self.styles_ = matcher.fit(styles, refs, items[ok], styles.magenta_vectors())
+        self.style_taste_ = matcher.taste_model().fit(interactions, item_ids[ok],
+                                                      matcher.item_vectors(items[ok]))
+        self.style_paths_ = dict(self.styles_.style_paths_)
 
     def _embed(self, encoder: Any, ids: np.ndarray, catalog: Catalog
                ) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
@@ -448,6 +485,8 @@ class StyleRecommender:
                             len(self._rank_to_cf))
         # build the other stages' lazy lookups now, before threads share them
         self.taste_.transform([])
+        if self.style_taste_ is not None:
+            self.style_taste_.transform([])
         self.cf_.score(self.cf_.user_ids_[:1])
 
     def _check_fitted(self) -> None:
@@ -498,7 +537,7 @@ class StyleRecommender:
         cf, seen, known, folded = self._cf_scores(user_ids, history)
         profiles = self.taste_.transform(user_ids, history)
         ranking = self.ranker_.rank(cf, profiles, k, exclude=seen, history=seen)
-        style = self._match_styles(profiles.mean_vectors())
+        style = self._match_styles(user_ids, history)
         items = [self.ranker_.item_ids_[row[row >= 0]] for row in ranking.items]
         empty = [[None] * len(i) for i in items]
         images, image_errors = self._render(items, style) if render else (empty, empty)
@@ -528,7 +567,7 @@ class StyleRecommender:
                           for n in names])
         cold_at, family_at = names.index("cold"), names.index("family_events")
         profiles = self.taste_.transform(user_ids, history)
-        style = self._match_styles(profiles.mean_vectors())
+        style = self._match_styles(user_ids, history)
         items = [row[row != ""] for row in ranked.items]
         empty = [[None] * len(i) for i in items]
         images, image_errors = self._render(items, style) if render else (empty, empty)
@@ -594,12 +633,16 @@ class StyleRecommender:
         cf[~known & ~folded] = self.popularity_
         return cf, seen.tocsr(), known, folded
 
-    def _match_styles(self, taste_vectors: np.ndarray) -> list[StyleMatch | None]:
+    def _match_styles(self, user_ids: list[str], history: Interactions | None
+                      ) -> list[StyleMatch | None]:
         if self.styles_ is None:
-            return [None] * len(taste_vectors)
-        ids, sims = self.styles_.search(taste_vectors, 1, encoder_id=self.encoder_id_)
-        return [StyleMatch(str(i), self.style_paths_[str(i)], float(s))
-                for i, s in zip(ids[:, 0], sims[:, 0], strict=True)]
+            return [None] * len(user_ids)
+        vectors = self.style_taste_.transform(user_ids, history).mean_vectors()
+        ids, sims = self.styles_.match(vectors, 1)
+        mixes = self.styles_.personal_style(vectors)
+        return [StyleMatch(str(i), self.style_paths_[str(i)], float(s),
+                           tuple(zip(m.references, m.weights, strict=True)))
+                for i, s, m in zip(ids[:, 0], sims[:, 0], mixes, strict=True)]
 
     def _render(self, items: list[np.ndarray], styles: list[StyleMatch]
                 ) -> tuple[list[list[str | None]], list[list[str | None]]]:
@@ -660,15 +703,18 @@ class StyleRecommender:
             self.ranker_.save(tmp / "ranker")
             if self.styles_ is not None:
                 self.styles_.save(tmp / "styles")
+                self.style_taste_.save(tmp / "style_taste")
             if self.learned_ is not None:
                 self.learned_.save(tmp / "learned")
             pca = {} if self.pca_ is None else self.pca_.arrays()
             write_npz_atomic(tmp / "arrays.npz", {"popularity": self.popularity_, **pca})
             params = {name: getattr(self, name) for name in (
                 "cf_model", "cf_params", "encoder_params", "cache_dir", "embedding_dim",
-                "whiten", "taste_params", "blend", "ranker_params", "ranker",
+                "whiten", "taste_params", "blend", "ranker_params", "style_params", "ranker",
                 "learned_params")}
             params["encoder"] = self.encoder if isinstance(self.encoder, str) else None
+            params["style_encoder"] = (self.style_encoder if isinstance(self.style_encoder, str)
+                                       else None)
             params["cache_dir"] = None if self.cache_dir is None else str(self.cache_dir)
             meta = {"format": FORMAT_VERSION, "params": params, "encoder_id": self.encoder_id_,
                     "style_paths": self.style_paths_, "item_paths": self.item_paths_,
@@ -702,8 +748,12 @@ class StyleRecommender:
         try:
             model.taste_ = TasteModel.load(path / "taste")
             model.ranker_ = StyleRanker.load(path / "ranker", model.taste_.item_vectors_)
-            model.styles_ = (StyleIndex.load(path / "styles") if (path / "styles").is_dir()
-                             else None)
+            model.styles_ = model.style_taste_ = None
+            if (path / "styles").is_dir():
+                from recsys.aesthetic import AestheticMatcher
+
+                model.styles_ = AestheticMatcher.load(path / "styles")
+                model.style_taste_ = TasteModel.load(path / "style_taste")
             model.learned_ = (LearnedRanker.load(path / "learned")
                               if (path / "learned").is_dir() else None)
             with np.load(path / "arrays.npz", allow_pickle=False) as z:
@@ -716,6 +766,17 @@ class StyleRecommender:
                              f"{' '.join(str(err).split())[:300]}); fit it again") from err
         model._index_columns()
         return model
+
+
+def _style_library(styles: Any) -> Any:
+    """A :class:`~recsys.aesthetic.StyleLibrary` from a folder, a Catalog or a library."""
+    from recsys.aesthetic import StyleLibrary
+
+    if isinstance(styles, StyleLibrary):
+        return styles
+    if isinstance(styles, Catalog):
+        return StyleLibrary.from_catalog(styles)
+    return StyleLibrary.from_folder(styles)
 
 
 def _place(rows: sp.spmatrix, at: np.ndarray, n: int, columns: np.ndarray,

@@ -27,6 +27,7 @@ from stylerec.render_cli import (
     write_slates_page,
 )
 from stylerec.serve import add_service_parsers
+from stylerec.style_report import add_style_report_parser
 
 log = logging.getLogger("stylerec")
 
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_render_parser(sub)
     add_evaluate_parser(sub)
     add_bench_parser(sub)
+    add_style_report_parser(sub)
     add_batch_parsers(sub)
     add_service_parsers(sub)
     return parser

@@ -2,7 +2,7 @@
 
 Fits the :class:`~recsys.recommender.StyleRecommender` that ``configs/demo.json``
 describes (a pipeline spec, :mod:`recsys.spec`: ALS ⊕ EfficientNet-Lite0 taste, the
-six style references, the protected ``arbitrary`` styler), prints a few customers'
+style references, the protected ``arbitrary`` styler), prints a few customers'
 slates with their matched style, renders each recommended product in that style, and
 writes ``index.html``: per customer what they bought, the matched style, and the
 recommendations beside their renders. Embeddings and renders are cached under

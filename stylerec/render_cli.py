@@ -67,6 +67,11 @@ def add_styler_arguments(parser: argparse.ArgumentParser) -> None:
                    metavar="KEY=VALUE", help="styler option; VALUE is parsed as JSON when it "
                    "can be (e.g. --param weights=candy.pth --param alpha=0.6)")
     g.add_argument("--protect", action="store_true", help="protect the product (see --product-*)")
+    g.add_argument("--adaptive", action="store_true",
+                   help="choose per image: protect the product on a plain background, else "
+                   "blend the whole image at --global-strength (overrides --protect)")
+    g.add_argument("--global-strength", type=float, default=0.5,
+                   help="strength for full-bleed images with --adaptive")
     g.add_argument("--product-strength", type=float, default=0.3)
     g.add_argument("--background-strength", type=float, default=1.0)
     g.add_argument("--no-preserve-color", dest="preserve_color", action="store_false",
@@ -88,7 +93,15 @@ def renderer_from_args(args: argparse.Namespace) -> Renderer:
     from stylers.renderer import Renderer
 
     styler = create_styler_checked(args.styler, parse_params(args.styler_param))
-    if args.protect:
+    if args.adaptive:
+        from stylers.adaptive import AdaptiveStyler
+
+        styler = AdaptiveStyler(
+            styler, global_strength=args.global_strength,
+            product_strength=args.product_strength,
+            background_strength=args.background_strength, preserve_color=args.preserve_color,
+        )
+    elif args.protect:
         styler = ProtectedStyler(
             styler, product_strength=args.product_strength,
             background_strength=args.background_strength,
@@ -196,17 +209,24 @@ def run_render(args: argparse.Namespace) -> int:
     items = dict(resolve_image(s, item_root) for s in args.item)
     styles = dict(resolve_image(s, style_root) for s in args.style)
     renderer = renderer_from_args(args)
+    title, note = f"stylerec render: {args.styler}", ""
+    if not renderer.styler.uses_style_image and styles:
+        from stylers.fast import warn_style_ignored
+
+        note = warn_style_ignored(renderer.styler)
+        title += f" ({note})"
+        styles = {}
     if not styles:
         if renderer.styler.uses_style_image:
             raise ValueError(f"styler {args.styler!r} needs at least one --style")
         styles = {"baked": None}
     grid = renderer.render_grid(items, styles, skip_unreadable=True)
     rows = rows_from_grid({args.styler: grid}, items, styles)
-    page = write_html(rows, args.out / "index.html", title=f"stylerec render: {args.styler}")
+    page = write_html(rows, args.out / "index.html", title=title)
     grid_sheet(items, styles, grid, args.out / "contact_sheet.jpg")
     skipped = f", {len(renderer.skipped)} skipped: unreadable image" if renderer.skipped else ""
     print(f"{len(grid) - len(renderer.skipped)} renders ({renderer.stats['hits']} cached"
-          f"{skipped}) -> {page}")
+          f"{skipped}) -> {page}" + (f"; note: {note}" if note else ""))
     return 0
 
 

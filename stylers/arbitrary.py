@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ground.files import file_sha256
 
-from .base import Styler, resize_max_side
+from .base import Styler, _check_image_batch, resize_max_side
 from .registry import register_styler
 
 
@@ -72,10 +72,24 @@ class ArbitraryStyler(Styler):
         return self.model.style_vector(images.to(self.device))
 
     def stylize(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """Stylize ``content`` with a style image batch, or with precomputed ``[B or 1, 100]``
+        style vectors (e.g. a shopper's personal mix of references)."""
+        if isinstance(style, torch.Tensor) and style.ndim == 2:
+            content = _check_image_batch(content, "content").to(self.device)
+            return self._transform(content, self._check_vector(style, content.shape[0]))
         content, style = self.check_inputs(content, style)
         if style.shape[0] > 1 and style.stride(0) == 0:
             style = style[:1]  # one style broadcast over the batch: predict it once
-        vec = self.style_vector(style).expand(content.shape[0], -1)
+        return self._transform(content, self.style_vector(style))
+
+    def _check_vector(self, vec: torch.Tensor, batch: int) -> torch.Tensor:
+        if vec.shape[1] != 100 or vec.shape[0] not in (1, batch) or not vec.is_floating_point():
+            raise ValueError(f"style vectors must be float [1 or {batch}, 100], "
+                             f"got {tuple(vec.shape)} {vec.dtype}")
+        return vec.to(self.device)
+
+    def _transform(self, content: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        vec = vec.expand(content.shape[0], -1)
         if self.strength < 1.0:
             vec = torch.lerp(self.style_vector(content), vec, self.strength)
         h, w = content.shape[-2:]

@@ -7,8 +7,10 @@ SHA-256 identifies the output instead.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ from .base import Styler, pad_to_multiple
 from .registry import register_styler
 
 # Old pytorch/examples checkpoints carry InstanceNorm running stats that the model never uses.
+log = logging.getLogger(__name__)
+
 _STALE_KEYS = re.compile(r"(^|\.)in\d+\.running_(mean|var)$")
 
 
@@ -117,6 +121,18 @@ def load_transformer_net(path: str | os.PathLike[str]) -> TransformerNet:
     return load_into(TransformerNet(int(first.shape[0])), state, path)
 
 
+def warn_style_ignored(styler: Styler) -> str:
+    """Say (once per styler, as a ``UserWarning`` and a log line) that a style given to a
+    styler with a baked-in style is ignored; returns the message."""
+    message = (f"styler {styler.name!r} has its style baked into its weights "
+               f"({styler.params.get('weights', '?')}): the given style is ignored")
+    if not getattr(styler, "_warned_style_ignored", False):
+        styler._warned_style_ignored = True
+        log.warning(message)
+        warnings.warn(message, stacklevel=3)
+    return message
+
+
 @register_styler("fast")
 class FastStyler(Styler):
     """Feed-forward style transfer with one pretrained network per style.
@@ -128,6 +144,9 @@ class FastStyler(Styler):
         ``../shared/weights/fast_style/candy.pth``.
     strength : float
         Blend with the content: 0 returns the content, 1 the network output.
+
+    A style image given to :meth:`stylize` is ignored, with a warning
+    (:func:`warn_style_ignored`).
 
     Examples
     --------
@@ -158,6 +177,8 @@ class FastStyler(Styler):
         }
 
     def stylize(self, content: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        if style is not None:
+            warn_style_ignored(self)
         content, _ = self.check_inputs(content, None)
         x, (h, w) = pad_to_multiple(content, 4)
         out = self.net(x * 255.0)[..., :h, :w].float().div(255.0).clamp(0, 1)

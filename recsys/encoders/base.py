@@ -28,6 +28,7 @@ ENCODERS: Registry[ImageEncoder] = Registry("encoder", "stylerec.encoders", buil
     "efficientnet-lite0-style": "recsys.encoders.efficientnet",
     "openclip": "recsys.encoders.openclip",
     "magenta-style": "recsys.encoders.magenta_style",
+    "aesthetic": "recsys.aesthetic",
 })
 
 

@@ -1,0 +1,617 @@
+"""An aesthetic space shared by product photos and style references, and the style matcher.
+
+Product-photo features describe garments, not aesthetics, so matching them to
+paintings is noise. Here both sides get descriptors that mean the same on a
+product photo and on an artwork, computed on the image's *subject*: the product
+region (foreground mask) of a photo on a plain backdrop, the whole image of a
+full-bleed one (:func:`stylers.adaptive.region_mask`). Three blocks:
+
+``palette``
+    soft CIE Lab histogram of the region (5 L × 7 a × 7 b bins, Gaussian
+    assignment), square-rooted (Hellinger), so a cosine is the Bhattacharyya
+    coefficient of two palettes;
+``texture``
+    per-channel mean and standard deviation over the region of the first three
+    EfficientNet-Lite0 feature maps (stem, stages 1–2: 144 values; the AdaIN
+    view of texture);
+``style``
+    the Magenta arbitrary-stylization style vector (100-d) of the region's
+    bounding box at 128² (half the predictor's native size: 6× cheaper on CPU, and
+    both domains are described alike).
+
+:class:`AestheticEncoder` (registered as ``"aesthetic"``, so the
+:class:`~recsys.embedding_store.EmbeddingStore` caches it by image hash) outputs
+the blocks, each L2-normalised and scaled by ``1/sqrt(3)``. :class:`AestheticSpace`
+keeps the palette block as it is (square-rooted histograms: its cosine is the
+Bhattacharyya coefficient, an absolute colour match), centres the texture and
+style blocks on each domain's own mean (a product's texture and a painting's
+brushwork differ by domain; what can match is how each departs from its
+domain's average), scales their dimensions to unit variance, and re-normalises
+every block with its weight, so no block dominates by its size: a cosine in the
+space is the weighted mean of the blocks' cosines. The default weights (palette
+2, texture 0.5, style 0.5) were chosen on the 300 demo shoppers
+(``docs/aesthetic.md``).
+
+:class:`StyleLibrary` is a folder of references with a ``styles.csv``;
+:class:`AestheticMatcher` indexes it with FAISS, matches users' aesthetic
+vectors (from :class:`~recsys.taste.TasteModel` on the item vectors: confidence
+and recency weights, optional centroids) and mixes a personal Magenta style
+vector from each user's top-k references.
+
+Examples
+--------
+>>> library = StyleLibrary.from_folder("data/styles")  # doctest: +SKIP
+>>> encoder = AestheticEncoder()  # doctest: +SKIP
+>>> matcher = AestheticMatcher().fit(library, encoder.encode(library.paths),
+...                                  encoder.encode(item_paths))  # doctest: +SKIP
+>>> ids, sims = matcher.match(user_vectors, k=3)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ground.files import (
+    atomic_directory,
+    file_sha256,
+    read_meta,
+    saved_directory,
+    write_bytes_atomic,
+    write_npz_atomic,
+)
+from ground.images import fit_square
+
+from .catalog import IMAGE_SUFFIXES, Catalog
+from .encoders import ImageEncoder, register_encoder
+from .style_index import StyleIndex
+from .taste import TasteModel
+
+log = logging.getLogger(__name__)
+
+BLOCKS = ("palette", "texture", "style")
+FORMAT_VERSION = 1
+_L_BINS, _AB_BINS, _AB_RANGE = 5, 7, 60.0
+_TEXTURE_CHANNELS = (32, 16, 24)  # stem, block 0 (stage 1), block 2 (end of stage 2)
+_MASK_SIZE, _PALETTE_SIZE, _STYLE_SIZE = 96, 64, 128
+
+
+def palette_histogram(lab: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Soft Lab histograms ``[B, 5·7·7]`` (summing to 1) of ``[B, 3, H, W]`` Lab images
+    weighted by ``[B, 1, H, W]`` region weights.
+
+    Bin centres: L at 10, 30, … 90; a and b at -60, -40, … 60 (values beyond are
+    clamped); each pixel is spread over neighbouring bins by a Gaussian of one
+    bin's width, so a small colour shift moves mass smoothly.
+
+    Examples
+    --------
+    >>> import torch
+    >>> lab = torch.tensor([50.0, 0.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    >>> hist = palette_histogram(lab, torch.ones(1, 1, 4, 4))
+    >>> int(hist.argmax()), round(float(hist.sum()), 4)  # L=50 (bin 2), a=b=0 (bin 3, 3)
+    (122, 1.0)
+    """
+    b = lab.shape[0]
+    pixels = lab.flatten(2)  # [B, 3, N]
+    w = weights.flatten(2)[:, 0]  # [B, N]
+    l_step, ab_step = 100.0 / _L_BINS, 2 * _AB_RANGE / (_AB_BINS - 1)
+    l_centres = torch.arange(_L_BINS, dtype=lab.dtype, device=lab.device) * l_step + l_step / 2
+    ab_centres = torch.linspace(-_AB_RANGE, _AB_RANGE, _AB_BINS, dtype=lab.dtype,
+                                device=lab.device)
+
+    def soft(values: torch.Tensor, centres: torch.Tensor, step: float) -> torch.Tensor:
+        values = values.clamp(float(centres[0]), float(centres[-1]))
+        k = torch.exp(-0.5 * ((values[..., None] - centres) / step) ** 2)
+        return k / k.sum(-1, keepdim=True)
+
+    wl = soft(pixels[:, 0], l_centres, l_step)
+    wa = soft(pixels[:, 1], ab_centres, ab_step)
+    wb = soft(pixels[:, 2], ab_centres, ab_step)
+    hist = torch.einsum("bn,bnl,bna,bnc->blac", w, wl, wa, wb).reshape(b, -1)
+    return hist / hist.sum(1, keepdim=True).clamp(min=1e-12)
+
+
+def palette_colours(descriptors: np.ndarray, top: int = 6) -> list[tuple[str, float]]:
+    """The ``top`` heaviest palette bins of encoded descriptors (pooled over the rows) as
+    ``("#rrggbb", share)`` pairs: what a shopper's (or an artwork's) palette looks like.
+
+    Examples
+    --------
+    >>> hist = np.zeros((1, 489)); hist[0, 122] = 1 / np.sqrt(3)  # L=50, a=b=0
+    >>> palette_colours(hist, top=1)
+    [('#777777', 1.0)]
+    """
+    from stylers.colorspace import lab_to_rgb
+
+    hist = (AestheticEncoder.split(np.asarray(descriptors, np.float64))["palette"] ** 2).mean(0)
+    hist = hist / hist.sum()
+    order = np.argsort(hist)[::-1][:top]
+    l_idx, rest = np.divmod(order, _AB_BINS ** 2)
+    a_idx, b_idx = np.divmod(rest, _AB_BINS)
+    ab_step = 2 * _AB_RANGE / (_AB_BINS - 1)
+    lab = np.stack([l_idx * 100.0 / _L_BINS + 50.0 / _L_BINS, a_idx * ab_step - _AB_RANGE,
+                    b_idx * ab_step - _AB_RANGE], axis=1)
+    rgb = lab_to_rgb(torch.tensor(lab, dtype=torch.float32).T[None, :, :, None])
+    rgb = (rgb[0, :, :, 0].T.clamp(0, 1) * 255).round().int().tolist()
+    return [("#{:02x}{:02x}{:02x}".format(*c), round(float(hist[i]), 4))
+            for c, i in zip(rgb, order, strict=True)]
+
+
+def _masked_stats(feature: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-channel weighted mean and std ``[B, 2C]`` of ``feature`` over ``mask``."""
+    m = F.interpolate(mask, size=feature.shape[-2:], mode="area")
+    total = m.sum((2, 3)).clamp(min=1e-6)
+    mean = (feature * m).sum((2, 3)) / total
+    var = ((feature - mean[..., None, None]) ** 2 * m).sum((2, 3)) / total
+    return torch.cat([mean, var.clamp(min=0).sqrt()], dim=1)
+
+
+def _bbox_crops(images: torch.Tensor, mask: torch.Tensor, size: int) -> torch.Tensor:
+    """Each image cropped to its region's bounding box (a square around it) at ``size``²."""
+    out = []
+    h, w = images.shape[-2:]
+    for image, m in zip(images, mask[:, 0] > 0.5, strict=True):
+        rows, cols = torch.nonzero(m.any(1)).flatten(), torch.nonzero(m.any(0)).flatten()
+        if len(rows) == 0:
+            top, bottom, left, right = 0, h, 0, w
+        else:
+            top, bottom = int(rows[0]), int(rows[-1]) + 1
+            left, right = int(cols[0]), int(cols[-1]) + 1
+        out.append(F.interpolate(image[None, :, top:bottom, left:right], size=(size, size),
+                                 mode="bilinear", antialias=True, align_corners=False))
+    return torch.cat(out).clamp(0, 1)
+
+
+@register_encoder("aesthetic")
+class AestheticEncoder(ImageEncoder):
+    """Palette, texture and style descriptors of an image's subject (see the module docstring).
+
+    The image is resized to ``image_size``² (aspect ratio ignored: the statistics do
+    not need it, and padding would give a full-bleed artwork a fake plain border).
+    The output ``[n, 245 + 144 + 100]`` holds the three blocks in :data:`BLOCKS`
+    order, each L2-normalised and scaled by ``1/sqrt(3)``; :meth:`split` recovers them.
+
+    Parameters
+    ----------
+    image_size : int
+        Working resolution.
+    plain_threshold : float
+        Border uniformity above which the image is a product on a plain backdrop and
+        only its foreground counts (:func:`stylers.adaptive.plain_background`).
+    **kwargs
+        Device and pipeline options of :class:`~recsys.encoders.ImageEncoder`.
+
+    Examples
+    --------
+    >>> encoder = create_encoder("aesthetic")  # doctest: +SKIP
+    >>> encoder.encode(["data/styles/wave.jpg"]).shape  # doctest: +SKIP
+    (1, 489)
+    """
+
+    name = "aesthetic"
+    block_sizes = {"palette": _L_BINS * _AB_BINS ** 2, "texture": 2 * sum(_TEXTURE_CHANNELS),
+                   "style": 100}
+
+    def __init__(self, image_size: int = 160, plain_threshold: float = 0.75,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        from stylers.effnet import default_weights_path, load_backbone
+        from stylers.magenta import MagentaStylePredictor, onnx_model_path
+
+        self.image_size = int(image_size)
+        self.plain_threshold = float(plain_threshold)
+        self._weights = (default_weights_path(), onnx_model_path("arbitrary_predict.onnx"))
+        self.weights_id_ = "sha256:" + "+".join(file_sha256(p)[:12] for p in self._weights)
+        backbone = load_backbone(self._weights[0])  # only the first three blocks run
+        self.stem_ = backbone.stem.to(self.device_).eval().requires_grad_(False)
+        self.blocks_ = backbone.blocks[:3].to(self.device_).eval().requires_grad_(False)
+        self.predictor_ = MagentaStylePredictor.from_onnx(self._weights[1]).to(self.device_)
+        self.predictor_.eval().requires_grad_(False)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"image_size": self.image_size, "plain_threshold": self.plain_threshold,
+                "palette": f"lab{_L_BINS}x{_AB_BINS}x{_AB_BINS}",
+                "texture": "stem+block0+block2", "mask_size": _MASK_SIZE,
+                "style_size": _STYLE_SIZE}
+
+    @property
+    def dim(self) -> int:
+        return sum(self.block_sizes.values())
+
+    @property
+    def draft_size(self) -> int:
+        return self.image_size
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        square = fit_square(image, self.image_size, "stretch")
+        return torch.from_numpy(np.asarray(square).copy())
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        from stylers.adaptive import region_mask
+        from stylers.colorspace import rgb_to_lab
+
+        x = batch.permute(0, 3, 1, 2).float().div(255.0).contiguous()
+        mask = region_mask(F.interpolate(x, size=(_MASK_SIZE, _MASK_SIZE), mode="area"),
+                           self.plain_threshold)
+        mask = F.interpolate(mask, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        small = (F.interpolate(t, size=(_PALETTE_SIZE, _PALETTE_SIZE), mode="area")
+                 for t in (x, mask))
+        palette = palette_histogram(rgb_to_lab(next(small)), next(small))
+        stem = self.stem_(x * 2.0 - 1.0)
+        block0 = self.blocks_[0](stem)
+        block2 = self.blocks_[2](self.blocks_[1](block0))
+        texture = torch.cat([_masked_stats(f, mask) for f in (stem, block0, block2)], dim=1)
+        style = self.predictor_(_bbox_crops(x, mask, _STYLE_SIZE))
+        blocks = [palette.sqrt(), texture, style]
+        scale = 1.0 / math.sqrt(len(blocks))
+        return torch.cat([scale * F.normalize(b, dim=1) for b in blocks], dim=1)
+
+    @classmethod
+    def split(cls, vectors: np.ndarray) -> dict[str, np.ndarray]:
+        """The blocks of encoded ``[n, dim]`` vectors, each back to unit norm."""
+        out, start = {}, 0
+        for name in BLOCKS:
+            size = cls.block_sizes[name]
+            out[name] = vectors[:, start:start + size] * math.sqrt(len(BLOCKS))
+            start += size
+        if start != vectors.shape[1]:
+            raise ValueError(f"aesthetic vectors have {vectors.shape[1]} columns, "
+                             f"expected {start}")
+        return out
+
+
+DEFAULT_BLOCK_WEIGHTS = {"palette": 2.0, "texture": 0.5, "style": 0.5}
+
+
+class AestheticSpace:
+    """Block-weighted aesthetic vectors: absolute palette, domain-centred standardised
+    texture and style.
+
+    Parameters
+    ----------
+    block_weights : mapping of str to float, optional
+        Weight of each block in the cosine (default :data:`DEFAULT_BLOCK_WEIGHTS`). A
+        block may be left out with weight 0.
+    center : bool
+        Centre each domain (items, styles) on its own mean before scaling (texture and
+        style blocks; also the palette with ``standardise_palette``).
+    standardise_palette : bool
+        Treat the palette like the other blocks (centred, unit variance per bin)
+        instead of comparing the square-rooted histograms directly.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> items, styles = rng.random((50, 489)), rng.random((8, 489)) + 1.0
+    >>> space = AestheticSpace().fit(items, styles)
+    >>> v = space.transform(styles, "styles")
+    >>> v.shape, bool(np.allclose(np.linalg.norm(v, axis=1), 1))
+    ((8, 489), True)
+    """
+
+    def __init__(self, block_weights: Mapping[str, float] | None = None, center: bool = True,
+                 standardise_palette: bool = False):
+        self.block_weights = dict(block_weights) if block_weights else None
+        self.center = center
+        self.standardise_palette = standardise_palette
+
+    def _weights(self) -> dict[str, float]:
+        weights = DEFAULT_BLOCK_WEIGHTS | (self.block_weights or {})
+        unknown = set(weights) - set(BLOCKS)
+        if unknown or any(w < 0 for w in weights.values()) or not sum(weights.values()) > 0:
+            raise ValueError(f"block_weights must be non-negative weights of {BLOCKS} with a "
+                             f"positive sum, got {self.block_weights}")
+        return weights
+
+    def fit(self, item_vectors: np.ndarray, style_vectors: np.ndarray) -> AestheticSpace:
+        """Learn each domain's mean and the shared per-dimension scale."""
+        self._weights()
+        items, styles = (np.asarray(v, np.float64) for v in (item_vectors, style_vectors))
+        self.means_ = {"items": items.mean(0), "styles": styles.mean(0)}
+        if not self.center:
+            self.means_ = {k: np.zeros_like(v) for k, v in self.means_.items()}
+        pooled = np.concatenate([items - self.means_["items"], styles - self.means_["styles"]])
+        self.scale_ = np.sqrt((pooled ** 2).mean(0)) + 1e-6
+        if not self.standardise_palette:
+            size = AestheticEncoder.block_sizes["palette"]
+            for mean in self.means_.values():
+                mean[:size] = 0.0
+            self.scale_[:size] = 1.0
+        return self
+
+    def transform(self, vectors: np.ndarray, domain: str) -> np.ndarray:
+        """Unit vectors ``[n, dim]`` of encoded ``vectors`` from ``domain`` ("items"/"styles")."""
+        if domain not in ("items", "styles"):
+            raise ValueError(f"domain must be 'items' or 'styles', got {domain!r}")
+        z = (np.asarray(vectors, np.float64) - self.means_[domain]) / self.scale_
+        weights = self._weights()
+        total = sum(weights.values())
+        parts = AestheticEncoder.split(z)
+        out = [math.sqrt(weights[name] / total) * _unit(parts[name]) for name in BLOCKS]
+        return np.concatenate(out, axis=1).astype(np.float32)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"mean_items": self.means_["items"], "mean_styles": self.means_["styles"],
+                "scale": self.scale_}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], block_weights: Mapping[str, float]
+                    | None, center: bool, standardise_palette: bool) -> AestheticSpace:
+        space = cls(block_weights, center, standardise_palette)
+        space.means_ = {"items": arrays["mean_items"], "styles": arrays["mean_styles"]}
+        space.scale_ = arrays["scale"]
+        return space
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class StyleReference:
+    """One reference of a :class:`StyleLibrary` with its ``styles.csv`` metadata."""
+
+    style_id: str
+    path: str
+    artist: str = ""
+    title: str = ""
+    licence: str = ""
+    tags: tuple[str, ...] = ()
+
+
+class StyleLibrary:
+    """Style references: a folder of images plus an optional ``styles.csv``.
+
+    ``styles.csv`` columns (all optional but ``file``): ``file`` (name in the folder),
+    ``artist``, ``title``, ``licence``, ``tags`` (``;``-separated). Images without a
+    row get empty metadata; rows without an image are an error naming them.
+
+    Parameters
+    ----------
+    references : sequence of StyleReference
+
+    Examples
+    --------
+    >>> library = StyleLibrary.from_folder("../shared/data/styles",
+    ...                                    exclude_licence="tests only")  # doctest: +SKIP
+    >>> len(library), library["wave"].artist  # doctest: +SKIP
+    (45, 'Katsushika Hokusai (d.1849)')
+    """
+
+    def __init__(self, references: Sequence[StyleReference]) -> None:
+        self.references = list(references)
+        ids = [r.style_id for r in self.references]
+        if len(set(ids)) != len(ids):
+            raise ValueError("style ids must be unique (one image per file stem)")
+        if not ids:
+            raise ValueError("a style library needs at least one reference")
+        self._by_id = {r.style_id: r for r in self.references}
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, exclude_licence: str | None = None
+                    ) -> StyleLibrary:
+        """Read ``folder`` (id = file stem) and its ``styles.csv`` if there is one.
+
+        ``exclude_licence`` drops references whose licence contains that text
+        (e.g. ``"tests only"``).
+        """
+        catalog = Catalog.from_directory(folder, pattern="*", suffixes=IMAGE_SUFFIXES)
+        rows: dict[str, dict[str, str]] = {}
+        meta = Path(folder) / "styles.csv"
+        if meta.is_file():
+            with meta.open(newline="", encoding="utf-8") as fh:
+                for line, row in enumerate(csv.DictReader(fh), start=2):
+                    stem = Path(row.get("file") or "").stem
+                    if stem not in catalog:
+                        raise ValueError(f"{meta}:{line}: no image {row.get('file')!r} in "
+                                         f"{folder}")
+                    rows[stem] = row
+        refs = []
+        for style_id in catalog.item_ids:
+            row = rows.get(style_id, {})
+            licence = row.get("licence", "")
+            if exclude_licence and exclude_licence in licence:
+                continue
+            tags = tuple(t for t in (row.get("tags") or "").split(";") if t)
+            refs.append(StyleReference(style_id, str(catalog.path(style_id)),
+                                       row.get("artist", ""), row.get("title", ""), licence,
+                                       tags))
+        return cls(refs)
+
+    @classmethod
+    def from_catalog(cls, catalog: Catalog) -> StyleLibrary:
+        """References without metadata, one per catalog image."""
+        return cls([StyleReference(i, str(catalog.path(i))) for i in catalog.item_ids])
+
+    def catalog(self) -> Catalog:
+        """The references as a :class:`~recsys.catalog.Catalog` rooted at their common folder."""
+        root = Path(os.path.commonpath([str(Path(p).resolve().parent) for p in self.paths]))
+        return Catalog(root, {r.style_id: Path(r.path).resolve().relative_to(root)
+                              for r in self.references})
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.style_id for r in self.references]
+
+    @property
+    def paths(self) -> list[str]:
+        return [r.path for r in self.references]
+
+    def __getitem__(self, style_id: str) -> StyleReference:
+        return self._by_id[style_id]
+
+    def __len__(self) -> int:
+        return len(self.references)
+
+    def magenta_vectors(self) -> np.ndarray:
+        """``[n, 100]`` raw Magenta style vectors of the references (the styler's own
+        preprocessing: centre square crop, Lanczos 256²)."""
+        from stylers.magenta import MagentaStylePredictor, onnx_model_path, prepare_style_image
+
+        predictor = MagentaStylePredictor.from_onnx(onnx_model_path("arbitrary_predict.onnx"))
+        with torch.inference_mode():
+            return np.concatenate([predictor.eval()(prepare_style_image(p)).numpy()
+                                   for p in self.paths]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class PersonalStyle:
+    """A user's style for a continuous-code styler: ``vector`` (``[100]``, Magenta) mixes the
+    ``references`` with ``weights`` (summing to 1, best first)."""
+
+    vector: np.ndarray
+    references: tuple[str, ...]
+    weights: tuple[float, ...]
+
+
+class AestheticMatcher:
+    """FAISS index of style references in the aesthetic space; nearest and mixed styles.
+
+    Parameters
+    ----------
+    block_weights : mapping, optional
+        :class:`AestheticSpace` block weights.
+    center, standardise_palette : bool
+        See :class:`AestheticSpace`.
+    factory : str
+        FAISS ``index_factory`` string (exact ``"Flat"`` by default; ``"HNSW32"`` for
+        thousands of references).
+    mix_k : int
+        References mixed into a personal style.
+    temperature : float
+        Softmax temperature of the mixing weights over the top-``mix_k`` cosines.
+    half_life_days : float or None
+        Recency half-life of users' aesthetic vectors (:meth:`taste_model`); needs a
+        time on every event, so the default is none (any log works); the study in
+        ``docs/aesthetic.md`` uses 60 days.
+
+    Attributes
+    ----------
+    space_ : AestheticSpace
+    index_ : StyleIndex
+        Over the references' aesthetic vectors.
+    style_ids_ : list of str
+    style_paths_ : dict of str to str
+    magenta_ : ndarray of float32, shape (n_styles, 100) or None
+        Raw style vectors for :meth:`personal_style` (``None``: fitted without them).
+    """
+
+    def __init__(self, block_weights: Mapping[str, float] | None = None, center: bool = True,
+                 factory: str = "Flat", mix_k: int = 3, temperature: float = 0.05,
+                 half_life_days: float | None = None, standardise_palette: bool = False) -> None:
+        self.block_weights = dict(block_weights) if block_weights else None
+        self.standardise_palette = standardise_palette
+        self.half_life_days = half_life_days
+        self.center = center
+        self.factory = factory
+        self.mix_k = mix_k
+        self.temperature = temperature
+
+    def fit(self, library: StyleLibrary, style_descriptors: np.ndarray,
+            item_descriptors: np.ndarray, magenta_vectors: np.ndarray | None = None
+            ) -> AestheticMatcher:
+        """Fit the space on the items' and references' descriptors and index the references.
+
+        Parameters
+        ----------
+        library : StyleLibrary
+        style_descriptors : ndarray, shape (n_styles, dim)
+            :class:`AestheticEncoder` output for ``library.paths``, in order.
+        item_descriptors : ndarray, shape (n_items, dim)
+            The same for the catalog (the item domain's mean and scale).
+        magenta_vectors : ndarray, shape (n_styles, 100), optional
+            Raw Magenta vectors (:meth:`StyleLibrary.magenta_vectors`) for personal styles.
+        """
+        if len(style_descriptors) != len(library):
+            raise ValueError(f"{len(style_descriptors)} style descriptors for a library of "
+                             f"{len(library)}")
+        if self.mix_k < 1 or not self.temperature > 0:
+            raise ValueError(f"mix_k must be >= 1 and temperature > 0, got {self.mix_k}, "
+                             f"{self.temperature}")
+        self.space_ = AestheticSpace(self.block_weights, self.center,
+                                     self.standardise_palette).fit(item_descriptors,
+                                                                   style_descriptors)
+        vectors = self.space_.transform(style_descriptors, "styles")
+        self.style_ids_ = library.ids
+        self.style_paths_ = dict(zip(library.ids, library.paths, strict=True))
+        self.index_ = StyleIndex(self.factory).fit(library.ids, vectors, encoder_id="aesthetic")
+        self.magenta_ = None if magenta_vectors is None else np.asarray(magenta_vectors,
+                                                                         np.float32)
+        return self
+
+    def taste_model(self) -> TasteModel:
+        """The unfitted :class:`~recsys.taste.TasteModel` that turns what users engaged with
+        (confidence and recency weighted) into aesthetic vectors from :meth:`item_vectors`."""
+        return TasteModel(half_life_days=self.half_life_days)
+
+    def item_vectors(self, descriptors: np.ndarray) -> np.ndarray:
+        """Item descriptors in the fitted space (unit rows)."""
+        return self.space_.transform(descriptors, "items")
+
+    def match(self, user_vectors: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest references (ids ``[n, k]``, cosines ``[n, k]``) of user vectors
+        in the space (e.g. a :class:`~recsys.taste.TasteModel` fitted on :meth:`item_vectors`)."""
+        return self.index_.search(user_vectors, k, encoder_id="aesthetic")
+
+    def personal_style(self, user_vectors: np.ndarray) -> list[PersonalStyle]:
+        """Each user's mix of their top-``mix_k`` references' Magenta style vectors,
+        weighted by a softmax of the cosines at ``temperature``."""
+        if self.magenta_ is None:
+            raise RuntimeError("fit the matcher with magenta_vectors for personal styles")
+        ids, sims = self.match(user_vectors, self.mix_k)
+        row_of = {s: i for i, s in enumerate(self.style_ids_)}
+        styles = []
+        for row_ids, row_sims in zip(ids, sims, strict=True):
+            logits = (row_sims - row_sims.max()) / self.temperature
+            weights = np.exp(logits) / np.exp(logits).sum()
+            vector = weights @ self.magenta_[[row_of[s] for s in row_ids]]
+            styles.append(PersonalStyle(vector.astype(np.float32), tuple(map(str, row_ids)),
+                                        tuple(float(w) for w in weights)))
+        return styles
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted matcher to the folder ``path`` (JSON + npz + FAISS; no pickle)."""
+        with atomic_directory(path, "matcher.json") as tmp:
+            self.index_.save(tmp)  # index.faiss + meta.json
+            arrays = self.space_.arrays()
+            if self.magenta_ is not None:
+                arrays["magenta"] = self.magenta_
+            write_npz_atomic(tmp / "arrays.npz", arrays)
+            meta = {"format": FORMAT_VERSION, "block_weights": self.block_weights,
+                    "center": self.center, "factory": self.factory, "mix_k": self.mix_k,
+                    "temperature": self.temperature, "half_life_days": self.half_life_days,
+                    "standardise_palette": self.standardise_palette,
+                    "style_paths": self.style_paths_,
+                    "style_ids": self.style_ids_}
+            write_bytes_atomic(tmp / "matcher.json", json.dumps(meta, indent=2).encode())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> AestheticMatcher:
+        path = saved_directory(path, "matcher.json")
+        meta = read_meta(path, "matcher.json", "AestheticMatcher", FORMAT_VERSION)
+        self = cls(meta["block_weights"], meta["center"], meta["factory"], meta["mix_k"],
+                   meta["temperature"], meta["half_life_days"], meta["standardise_palette"])
+        with np.load(path / "arrays.npz", allow_pickle=False) as z:
+            self.space_ = AestheticSpace.from_arrays(z, self.block_weights, self.center,
+                                                     self.standardise_palette)
+            self.magenta_ = z["magenta"] if "magenta" in z else None
+        self.index_ = StyleIndex.load(path)
+        self.style_ids_ = meta["style_ids"]
+        self.style_paths_ = meta["style_paths"]
+        return self

@@ -1,0 +1,213 @@
+"""Aesthetic space, style library, matcher, personal styles, adaptive renders, style-fit judges."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from evaluation.style_fit import (
+    behaviour_lift,
+    discrimination,
+    palette_distance,
+    percentiles,
+    split_halves,
+    stability,
+)
+from recsys.aesthetic import (
+    AestheticEncoder,
+    AestheticMatcher,
+    AestheticSpace,
+    StyleLibrary,
+    palette_histogram,
+)
+from stylers.adaptive import AdaptiveStyler, plain_background
+from stylers.colorspace import rgb_to_lab
+
+DIM = sum(AestheticEncoder.block_sizes.values())
+
+
+def _product(rgb: tuple[int, int, int], size=(96, 144)) -> Image.Image:
+    """A coloured garment-like rectangle on a white backdrop."""
+    img = Image.new("RGB", size, (255, 255, 255))
+    img.paste(Image.new("RGB", (size[0] // 2, size[1] // 2), rgb), (size[0] // 4, size[1] // 4))
+    return img
+
+
+def test_palette_histogram_peaks_at_the_colour_and_ignores_masked_pixels():
+    red = torch.tensor([0.85, 0.1, 0.1]).view(1, 3, 1, 1).expand(1, 3, 8, 8).clone()
+    red[..., :, :4] = 1.0  # left half white, masked out
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 4:] = 1
+    hist = palette_histogram(rgb_to_lab(red), mask)[0].reshape(5, 7, 7)
+    l_bin, a_bin, b_bin = np.unravel_index(int(hist.argmax()), hist.shape)
+    # red: L ~ 47 (bin 2), a ~ +64 and b ~ +50 clamp towards the top a/b bins
+    assert (l_bin, a_bin) == (2, 6) and b_bin >= 5
+    assert hist[4, 3, 3] < 1e-3  # the white half left no mass at L ~ 90, a = b = 0
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return AestheticEncoder(device="cpu", num_workers=0)
+
+
+def test_encoder_describes_the_product_not_the_backdrop(encoder):
+    on_white = _product((200, 30, 30))
+    full = Image.new("RGB", (96, 144), (200, 30, 30))
+    green = _product((30, 160, 60))
+    v = encoder.encode([on_white, full, green], progress=False)
+    assert v.shape == (3, DIM) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    palette = AestheticEncoder.split(v)["palette"]
+    assert palette[0] @ palette[1] > 0.9  # same colour: the white backdrop is not counted
+    assert palette[0] @ palette[2] < 0.2
+
+
+def test_space_centres_each_domain_and_weights_blocks():
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(40, DIM)) + 3.0
+    styles = rng.normal(size=(10, DIM)) - 3.0
+    space = AestheticSpace({"palette": 0}).fit(items, styles)
+    # after centring, texture and style of the two domains are comparable despite the
+    # offset between them
+    zi, zs = space.transform(items, "items"), space.transform(styles, "styles")
+    assert abs(float(zi.mean(0) @ zs.mean(0))) < 0.2
+    only_palette = AestheticSpace({"texture": 0, "style": 0}).fit(items, styles)
+    out = only_palette.transform(items[:3], "items")
+    assert np.allclose(out[:, 245:], 0) and np.allclose(np.linalg.norm(out, axis=1), 1)
+    # the palette is compared as it is (Bhattacharyya of square-rooted histograms)
+    raw = items[:3, :245] / np.linalg.norm(items[:3, :245], axis=1, keepdims=True)
+    assert np.allclose(out[:, :245], raw, atol=1e-6)
+    with pytest.raises(ValueError, match="block_weights"):
+        AestheticSpace({"colour": 1}).fit(items, styles)
+
+
+def _library(tmp_path, n=4):
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    for i in range(n):
+        Image.new("RGB", (32, 32), (60 * i, 40, 200 - 40 * i)).save(folder / f"s{i}.jpg")
+    rows = ["file,artist,title,year,licence,source,tags",
+            "s0.jpg,A,First,1900,public domain,x,blue;calm",
+            "s1.jpg,B,Second,1901,unknown: tests only,x,",
+            "s2.jpg,C,Third,1902,public domain,x,red"]
+    (folder / "styles.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_library_reads_metadata_and_excludes_by_licence(tmp_path):
+    folder = _library(tmp_path)
+    library = StyleLibrary.from_folder(folder)
+    assert library.ids == ["s0", "s1", "s2", "s3"]
+    assert library["s0"].tags == ("blue", "calm") and library["s3"].artist == ""
+    assert StyleLibrary.from_folder(folder, exclude_licence="tests only").ids == ["s0", "s2",
+                                                                                  "s3"]
+    assert library.catalog().path("s2") == (folder / "s2.jpg").resolve()
+    (folder / "styles.csv").write_text("file,licence\nmissing.jpg,public domain\n")
+    with pytest.raises(ValueError, match="styles.csv:2: no image 'missing.jpg'"):
+        StyleLibrary.from_folder(folder)
+
+
+def test_matcher_mixes_top_references_and_round_trips(tmp_path):
+    library = StyleLibrary.from_folder(_library(tmp_path))
+    rng = np.random.default_rng(1)
+    styles, items = rng.normal(size=(4, DIM)), rng.normal(size=(30, DIM))
+    magenta = rng.normal(size=(4, 100)).astype(np.float32)
+    matcher = AestheticMatcher(mix_k=2, temperature=0.1).fit(library, styles, items, magenta)
+    users = matcher.item_vectors(items[:5])
+    ids, sims = matcher.match(users, k=4)
+    assert np.all(np.diff(sims, axis=1) <= 1e-6)  # best first
+    mixes = matcher.personal_style(users)
+    row = {s: i for i, s in enumerate(library.ids)}
+    for mix, top, top_sims in zip(mixes, ids, sims, strict=True):
+        assert mix.references == tuple(top[:2]) and abs(sum(mix.weights) - 1) < 1e-6
+        expected = np.exp((top_sims[:2] - top_sims[0]) / 0.1)
+        assert np.allclose(mix.weights, expected / expected.sum(), atol=1e-5)
+        assert np.allclose(mix.vector, np.array(mix.weights) @ magenta[[row[s] for s in top[:2]]],
+                           atol=1e-5)
+    loaded = AestheticMatcher.load(matcher.save(tmp_path / "matcher"))
+    assert np.array_equal(loaded.match(users, 4)[0], ids)
+    assert np.allclose(loaded.personal_style(users)[0].vector, mixes[0].vector)
+
+
+def test_arbitrary_styler_takes_a_precomputed_style_vector():
+    from stylers.registry import create_styler
+
+    styler = create_styler("arbitrary", strength=0.7)
+    content, style = torch.rand(2, 3, 64, 48), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        by_image = styler.stylize(content, style)
+        by_vector = styler.stylize(content, styler.style_vector(style))
+    assert torch.allclose(by_image, by_vector, atol=1e-5)
+    with pytest.raises(ValueError, match="style vectors must be"):
+        styler.stylize(content, torch.zeros(3, 100))
+
+
+def test_adaptive_styler_protects_products_and_tones_down_full_bleed_images():
+    from stylers.color import ColorStyler
+
+    product = torch.ones(1, 3, 64, 64)
+    product[:, :, 16:48, 16:48] = 0.2
+    poster = torch.rand(1, 3, 64, 64)
+    styler = AdaptiveStyler(ColorStyler(), product_strength=0.0, global_strength=0.5)
+    assert plain_background(torch.cat([product, poster])).tolist() == [True, False]
+    style = torch.rand(1, 3, 32, 32) * 0.3 + 0.7
+    out = styler.stylize(torch.cat([product, poster]), style)
+    assert torch.allclose(out[0, :, 28:36, 28:36], product[0, :, 28:36, 28:36], atol=1e-4)
+    styled = ColorStyler().stylize(poster, style)
+    assert torch.allclose(out[1], torch.lerp(poster, styled, 0.5)[0], atol=1e-5)
+    forced = AdaptiveStyler(ColorStyler(), mode="global", global_strength=0.0)
+    assert forced.decisions(product) == ["global"]
+    assert torch.allclose(forced.stylize(product, style), product)
+
+
+def test_fast_styler_says_it_ignores_a_style(tmp_path):
+    from stylers.fast import FastStyler, TransformerNet
+
+    torch.save(TransformerNet(8).state_dict(), tmp_path / "w8.pth")
+    styler = FastStyler(tmp_path / "w8.pth")
+    with pytest.warns(UserWarning, match="style is ignored"):
+        styler.stylize(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        styler.stylize(torch.rand(1, 3, 16, 16), None)
+
+
+def test_percentiles_palette_distance_and_discrimination_known_answers():
+    d = np.array([[0.1, 0.5, 0.3, 0.9], [2.0, 2.0, 1.0, 3.0]])
+    assert percentiles(d, np.array([2, 0])).tolist() == pytest.approx([1 / 3, 0.5])
+    white, black = np.array([[100.0, 0, 0]]), np.array([[0.0, 0, 0]])
+    assert palette_distance(white, np.ones(1), np.r_[black, white]) == pytest.approx(0, abs=1e-9)
+    assert palette_distance(white, np.ones(1), black) == pytest.approx(100, abs=1e-6)
+    disc = discrimination(["a", "a", "b", "c"], 4)
+    p = np.array([0.5, 0.25, 0.25])
+    assert disc["normalised_entropy"] == pytest.approx(-(p * np.log(p)).sum() / np.log(4))
+    assert disc["max_share_over_fair"] == pytest.approx(2.0)
+
+
+def test_stability_against_chance_and_behaviour_lift():
+    old = {"u1": "a", "u2": "a", "u3": "b", "u4": "b"}
+    new = {"u1": "a", "u2": "b", "u3": "b", "u4": "b"}
+    s = stability(old, new, n_resamples=50)
+    # agreement 3/4; chance = p_old(a) p_new(a) + p_old(b) p_new(b) = .5*.25 + .5*.75 = .5
+    assert (s["agreement"], s["chance"], s["ratio"]) == pytest.approx((0.75, 0.5, 1.5))
+    near = [{"x", "y"}, {"z"}]
+    lift = behaviour_lift({"u1": ["x", "q"], "u2": ["z"]}, {"u1": 0, "u2": 1}, near)
+    # matched shares 1/2 and 1; random (mean over styles) (1/2 + 0)/2 and (0 + 1)/2
+    assert lift["matched_share"] == pytest.approx(0.75)
+    assert lift["random_share"] == pytest.approx(0.375)
+    assert lift["lift"] == pytest.approx(2.0)
+
+
+def test_split_halves_never_cuts_a_day():
+    frame = pd.DataFrame({
+        "unit": ["u"] * 5 + ["v"],
+        "day": pd.to_datetime(["2020-01-01", "2020-01-01", "2020-01-02", "2020-01-03",
+                               "2020-01-03", "2020-01-05"]),
+    })
+    older, newer = split_halves(frame, "unit", "day")
+    assert older["day"].dt.day.tolist() == [1, 1, 2] and newer["day"].dt.day.tolist() == [3, 3]
+    assert "v" not in set(older["unit"]) | set(newer["unit"])  # a single day: no halves
