@@ -29,7 +29,7 @@ test: $(BIN)/stylerec
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/stylerec
-	$(BIN)/ruff check recsys stylers evaluation tests scripts
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) out

@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out/hm-model"))
     parser.add_argument("--index-factory", default="Flat",
                         help="FAISS factory of the ranker's item index (default: Flat, exact)")
+    parser.add_argument("--ranker", choices=("learned", "blend"), default="learned",
+                        help="how slates are ranked (default: learned, the library default)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     start = time.perf_counter()
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         "als", {"factors": 32, "regularization": 0.01, "alpha": 40.0, "iterations": 15,
                 "random_state": 0, "num_threads": 1},
         cache_dir=args.cache_dir, embedding_dim=256,
-        taste_params={"method": "mean", "half_life_days": 2}, blend=0.5,
+        taste_params={"method": "mean", "half_life_days": 2}, blend=0.5, ranker=args.ranker,
         ranker_params={"n_cf_candidates": 200, "n_taste_candidates": 100, "max_queries": 8,
                        "affinity": "max", "cold_cf": 0.5, "group_weight": 1.0,
                        "index_factory": args.index_factory},
