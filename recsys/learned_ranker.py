@@ -365,9 +365,9 @@ class LearnedRanker:
 
         self._check_params()
         if interactions.events["time"].isna().any() and self.label_split == "time":
-            raise ValueError("the learned ranker needs a time on every event (its label "
-                             "windows are cut in time); use label_split='random' for logs "
-                             "without times")
+            raise NotEnoughHistory("the learned ranker needs a time on every event (its label "
+                                   "windows are cut in time); use label_split='random' for "
+                                   "logs without times")
         self._prepare(interactions, item_ids, item_vectors, style_vectors, item_groups, prices)
         examples = [None if labels is None else self._examples(history, labels)
                     for history, labels in self.label_windows(interactions)]

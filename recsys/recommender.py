@@ -403,10 +403,6 @@ class StyleRecommender:
                    {"name": "recent-popularity"},
                    {"name": "visual-neighbours", "params": {"index_factory": factory}}]
         params = {"sources": sources} | (self.learned_params or {})
-        if "label_split" not in params and interactions.events["time"].isna().any():
-            # its label windows and recency sources need times: the documented fallback
-            log.warning("learned ranker not trained (the log has no times), the blend ranks")
-            return None
         try:
             return LearnedRanker(**params).fit(interactions, item_ids, self.taste_.item_vectors_,
                                                styles, item_groups)

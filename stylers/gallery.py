@@ -44,6 +44,12 @@ def _columns(rows: Sequence[GalleryRow]) -> list[str]:
     return list(dict.fromkeys(name for row in rows for name in row.renders))
 
 
+def _linked_image(image: Path, base: Path) -> str:
+    """An ``<img>`` linking to itself, by a path relative to the page's folder ``base``."""
+    rel = html.escape(Path(os.path.relpath(Path(image).resolve(), base)).as_posix(), quote=True)
+    return f'<a href="{rel}"><img src="{rel}" loading="lazy"></a>'
+
+
 def write_html(
     rows: Sequence[GalleryRow], path: str | os.PathLike[str], title: str = "Renders"
 ) -> Path:
@@ -64,10 +70,7 @@ def write_html(
     base = path.parent.resolve()
 
     def cell(image: Path | None) -> str:
-        if image is None:
-            return "<td>—</td>"
-        rel = html.escape(Path(os.path.relpath(Path(image).resolve(), base)).as_posix(), quote=True)
-        return f'<td><a href="{rel}"><img src="{rel}" loading="lazy"></a></td>'
+        return "<td>—</td>" if image is None else f"<td>{_linked_image(image, base)}</td>"
 
     columns = _columns(rows)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ["", "product", "style", *columns])
@@ -252,10 +255,7 @@ def write_strips_html(
     base = path.parent.resolve()
 
     def img(image: Path | None) -> str:
-        if image is None:
-            return "<div class='none'>—</div>"
-        rel = html.escape(Path(os.path.relpath(Path(image).resolve(), base)).as_posix(), quote=True)
-        return f'<a href="{rel}"><img src="{rel}" loading="lazy"></a>'
+        return "<div class='none'>—</div>" if image is None else _linked_image(image, base)
 
     body = []
     for row in rows:
