@@ -70,7 +70,7 @@ from ground.files import (
 from ground.registry import Registry
 from recsys.interactions import Interactions, _lookup
 from recsys.ranker import StyleRanker
-from recsys.sources import SOURCES, CandidateSource
+from recsys.sources import GIVEN_GROUPS, SOURCES, CandidateSource, FamilySource
 from recsys.taste import _check_vectors, _normalise_rows
 from recsys.visual_sources import UserQueries, VisualSource
 
@@ -470,6 +470,11 @@ class LearnedRanker:
                     raise ValueError(f"source {spec['name']!r} needs item_ids and "
                                      "item_vectors at fit")
                 source.set_embeddings(self.embedded_ids_, self.item_vectors_)
+            if isinstance(source, FamilySource) and source.group == GIVEN_GROUPS:
+                if self.item_groups_ is None:
+                    raise ValueError(f"source 'family' with group={GIVEN_GROUPS!r} needs "
+                                     "item_groups at fit")
+                source.set_groups(self.item_groups_)
             self._templates.append(source)
         self.source_labels_ = [source_label(s) for s in self.sources]
         names = []

@@ -66,6 +66,7 @@ from recsys.cf import Recommender, create_model
 from recsys.interactions import Interactions, _lookup
 from recsys.learned_ranker import IMAGE_FEATURES, RANKERS, LearnedRanker, NotEnoughHistory
 from recsys.ranker import StyleRanker
+from recsys.sources import GIVEN_GROUPS
 from recsys.taste import EmbeddingPCA, TasteModel
 
 log = logging.getLogger(__name__)
@@ -218,8 +219,9 @@ class StyleRecommender:
         several candidate sources, or the fixed blend (``blend``, ``ranker_params``).
     learned_params : dict, optional
         :class:`~recsys.learned_ranker.LearnedRanker` parameters; by default its
-        sources are repurchase, this CF model, recent popularity and visual
-        neighbours (over the ``index_factory`` of ``ranker_params``).
+        sources are repurchase, same family (when ``fit`` gets ``item_groups``), this
+        CF model, recent popularity and visual neighbours (over the
+        ``index_factory`` of ``ranker_params``).
 
     Attributes
     ----------
@@ -334,8 +336,9 @@ class StyleRecommender:
             ``styles.csv``); ``None`` fits without style matching.
         item_groups : mapping of str to str, optional
             Item id → group key (e.g. the product code of H&M articles, shared
-            by the colour variants of a garment), for the ranker's group part
-            (``ranker_params={"group_weight": ...}``). Items not in it have none.
+            by the colour variants of a garment): the learned ranker's ``family``
+            source and feature, the blend's group part (``ranker_params=
+            {"group_weight": ...}``). Items not in it have none.
 
         Returns
         -------
@@ -402,6 +405,8 @@ class StyleRecommender:
                                              "params": self.cf_params or {}}},
                    {"name": "recent-popularity"},
                    {"name": "visual-neighbours", "params": {"index_factory": factory}}]
+        if item_groups is not None:  # siblings of bought items (H&M: same product code)
+            sources.insert(1, {"name": "family", "params": {"group": GIVEN_GROUPS}})
         params = {"sources": sources} | (self.learned_params or {})
         try:
             return LearnedRanker(**params).fit(interactions, item_ids, self.taste_.item_vectors_,

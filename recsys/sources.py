@@ -30,7 +30,7 @@ Examples
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -50,6 +50,7 @@ SOURCES: Registry[CandidateSource] = Registry(
 )
 
 _DAY = np.timedelta64(86400, "s")
+GIVEN_GROUPS = "item_groups"  # FamilySource(group=...): groups come from set_groups()
 _EVIDENCE_MODELS = {"itemknn"}  # CF models whose score 0 means "no evidence at all"
 
 
@@ -247,7 +248,9 @@ class FamilySource(CandidateSource):
     ----------
     group : str
         ``"prefix:K"``: the first K characters of the item id (H&M: 7 = product code);
-        otherwise a column of the ``metadata`` CSV (e.g. ``"product_code"``).
+        ``"item_groups"``: the item → group mapping given to :meth:`set_groups` (the
+        learned ranker passes its ``item_groups``); otherwise a column of the
+        ``metadata`` CSV (e.g. ``"product_code"``).
     metadata : str, optional
         CSV with ``id_column`` and the ``group`` column (H&M ``articles.csv``). Items
         it does not list form a group of their own.
@@ -263,22 +266,34 @@ class FamilySource(CandidateSource):
         prefix = group.startswith("prefix:")
         if prefix and not group[7:].isdigit():
             raise ValueError(f"group {group!r}: write 'prefix:K' with K a whole number")
-        if not prefix and metadata is None:
+        if not prefix and group != GIVEN_GROUPS and metadata is None:
             raise ValueError(f"group {group!r} names a metadata column: pass metadata= (a CSV)")
         self.group = group
         self.metadata = metadata
         self.id_column = id_column
         self.half_life_days = half_life_days
 
+    def set_groups(self, groups: Mapping[str, str]) -> FamilySource:
+        """Give the item → group mapping of ``group="item_groups"``; returns ``self``."""
+        self._given = {str(k): str(v) for k, v in groups.items()}
+        return self
+
     def _group_keys(self) -> np.ndarray:
         if self.group.startswith("prefix:"):
             width = int(self.group[7:])
             return np.array([i[:width] for i in self.item_ids_])
-        path = Path(self.metadata)
-        if not path.is_file():
-            raise FileNotFoundError(f"family metadata not found: {path}")
-        table = pd.read_csv(path, usecols=[self.id_column, self.group], dtype=str)
-        mapping = dict(zip(table[self.id_column].str.strip(), table[self.group], strict=True))
+        if self.group == GIVEN_GROUPS:
+            mapping = getattr(self, "_given", None)
+            if mapping is None:
+                raise ValueError("family source with group='item_groups': call set_groups() "
+                                 "before fit (the learned ranker does, given item_groups)")
+        else:
+            path = Path(self.metadata)
+            if not path.is_file():
+                raise FileNotFoundError(f"family metadata not found: {path}")
+            table = pd.read_csv(path, usecols=[self.id_column, self.group], dtype=str)
+            mapping = dict(zip(table[self.id_column].str.strip(), table[self.group],
+                               strict=True))
         # items the metadata does not list are their own family
         return np.array([mapping.get(i) or f"\0{i}" for i in self.item_ids_])
 

@@ -59,7 +59,8 @@ class DataSpec:
     """Where the data comes from (options of :func:`recsys.interactions.load_interactions`).
 
     ``item_groups``: a CSV whose ``group_columns`` (item id, group) give each item's
-    group, e.g. H&M ``articles.csv`` (``article_id``, ``product_code``).
+    group, e.g. H&M ``articles.csv`` (``article_id``, ``product_code``), or
+    ``"prefix:K"``: items sharing their first K id characters form a group.
     """
 
     interactions: str | None = None
@@ -177,6 +178,7 @@ class PipelineSpec:
                 _check_component(_convert(ComponentSpec, source, f"ranker.params.sources.{i}"),
                                  f"ranker.params.sources.{i}", SOURCES.get)
         _check_params(TasteModel, self.taste, "taste")
+        _group_prefix(self.data.item_groups)  # a malformed "prefix:K" fails here
         if self.data.images is not None:  # the visual stages are built only with images
             from recsys.encoders import ENCODERS
 
@@ -501,7 +503,21 @@ def fit_pipeline(spec: PipelineSpec, renderer: Any = None) -> Any:
 
     catalog = Catalog.from_directory(data.images)
     styles = None if spec.styles is None else Catalog.from_directory(spec.styles)
-    groups = (None if data.item_groups is None
-              else read_item_groups(data.item_groups, data.group_columns))
     model = StyleRecommender.from_params(spec, renderer=renderer)
-    return model.fit(load(), catalog, styles, item_groups=groups)
+    prefix = _group_prefix(data.item_groups)
+    groups = (None if data.item_groups is None or prefix is not None
+              else read_item_groups(data.item_groups, data.group_columns))
+    interactions = load()
+    if prefix is not None:
+        groups = {i: i[:prefix] for i in {*catalog.item_ids, *interactions.item_ids}}
+    return model.fit(interactions, catalog, styles, item_groups=groups)
+
+
+def _group_prefix(item_groups: str | None) -> int | None:
+    """K of a ``data.item_groups`` written ``"prefix:K"`` (``None``: not that form)."""
+    if item_groups is None or not item_groups.startswith("prefix:"):
+        return None
+    if not item_groups[7:].isdigit() or int(item_groups[7:]) < 1:
+        raise SpecError(f"data.item_groups: write 'prefix:K' with K a whole number >= 1, "
+                        f"got {item_groups!r}")
+    return int(item_groups[7:])

@@ -305,3 +305,52 @@ def test_too_short_a_log_falls_back_to_the_blend(weekly_images):
     slate = model.recommend(["u"], k=3)[0]
     assert model.learned_ is None and slate.ranked_by == "blend" and len(slate.entries) == 3
     assert "i00" not in slate.item_ids  # the blend filters what the user has
+
+
+def test_the_default_style_recommender_never_loses_to_a_clearly_best_source(weekly_images):
+    """Everyone rebuys one favourite each week, so repurchase is clearly the best single
+    source: the facade with its default learned ranker either beats it on the
+    validation windows or serves exactly its slates."""
+    from recsys.catalog import Catalog
+
+    data = _weekly_shop(weeks=14)
+    model = _pipeline().fit(data, Catalog.from_directory(weekly_images / "images"))
+    learned = model.learned_
+    assert (learned.train_windows, learned.validation_windows) == (8, 2)  # the defaults
+    sources = {k: learned.validation_[k] for k in learned.source_labels_}
+    runner_up = max(v for k, v in sources.items() if k != "repurchase")
+    assert sources["repurchase"] > 0.5 > runner_up
+    assert learned.validation_[learned.choice_] >= sources["repurchase"]
+    users = ["u00", "u07", "u21"]
+    slates = model.recommend(users, k=3)
+    assert {s.ranked_by for s in slates} == {learned.choice_}
+    if learned.choice_ == "repurchase":
+        expected = SOURCES.create("repurchase").fit(data).candidates(users, 3)[0]
+        assert [s.item_ids for s in slates] == [[i for i in row if i] for row in expected]
+
+
+def test_item_groups_give_the_default_learned_ranker_a_family_source(tmp_path, weekly_images,
+                                                                     weekly_pipeline):
+    from recsys.catalog import Catalog
+
+    catalog = Catalog.from_directory(weekly_images / "images")
+    data = _weekly_shop(weeks=10)
+    model = _pipeline(learned_params=weekly_pipeline.learned_params).fit(
+        data, catalog, item_groups={i: i[:2] for i in catalog.item_ids})
+    assert "family" not in weekly_pipeline.learned_.source_labels_  # no groups, no family
+    labels = model.learned_.source_labels_
+    assert labels[:2] == ["repurchase", "family"]
+    users = ["u00", "u13", "u39"]
+    expected = SOURCES.create("family", group="prefix:2").fit(data).candidates(users, 8)[0]
+    np.testing.assert_array_equal(model.learned_.sources_[1].candidates(users, 8)[0], expected)
+    loaded = type(model).load(model.save(tmp_path / "pipeline"))
+    assert loaded.learned_.source_labels_ == labels
+    assert loaded.recommend(users, k=4) == model.recommend(users, k=4)
+
+
+def test_a_family_source_of_given_groups_needs_them():
+    with pytest.raises(ValueError, match="call set_groups"):
+        SOURCES.create("family", group="item_groups").fit(_weekly_shop(weeks=2))
+    with pytest.raises(ValueError, match="needs item_groups at fit"):
+        LearnedRanker([{"name": "family", "params": {"group": "item_groups"}}]).fit(
+            _weekly_shop(weeks=14))

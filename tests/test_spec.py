@@ -60,6 +60,7 @@ def test_the_demo_spec_round_trips_through_json():
      "encoder.params.fit: expected str, got 3"),
     ({"taste": {"method": 1}}, "taste.method: expected str, got 1"),
     ({"data": {"group_columns": "article_id"}}, "data.group_columns: expected a list"),
+    ({"data": {"item_groups": "prefix:x"}}, "data.item_groups: write 'prefix:K'"),
     ({"styler": {"name": "color", "params": {"strength": "full"}}},
      "styler.params.strength: expected float, got 'full'"),
     ({"styler": {"name": "color"}, "renderer": {"protect": {"product_strength": [1]}}},
@@ -170,3 +171,25 @@ def test_the_learned_ranker_is_the_default_and_round_trips_through_the_spec():
     assert model.ranker == "learned"
     assert model.learned_params == {"n_candidates": 20, "sources": [{"name": "repurchase"}]}
     assert model.get_params()["ranker"] == spec.to_dict()["ranker"]
+
+
+def test_item_groups_by_id_prefix_cover_the_catalog_and_the_log(tmp_path, monkeypatch):
+    from recsys.spec import fit_pipeline
+
+    (tmp_path / "images").mkdir()
+    for item in ("ab1", "ab9", "cd1"):  # ab9: in the catalog, never bought
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / f"{item}.png")
+    pd.DataFrame({"customer_id": ["u", "u", "v"], "article_id": ["ab1", "cd1", "xy5"],
+                  "t_dat": ["2020-01-01"] * 3}).to_csv(tmp_path / "t.csv", index=False)
+    seen = {}
+
+    def fake_fit(self, interactions, catalog, styles=None, item_groups=None):
+        seen["groups"] = item_groups
+        return self
+
+    monkeypatch.setattr(StyleRecommender, "fit", fake_fit)
+    spec = PipelineSpec.from_dict({"data": {
+        "interactions": str(tmp_path / "t.csv"), "images": str(tmp_path / "images"),
+        "item_groups": "prefix:2"}})
+    fit_pipeline(spec)
+    assert seen["groups"] == {"ab1": "ab", "ab9": "ab", "cd1": "cd", "xy5": "xy"}
