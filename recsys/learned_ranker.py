@@ -243,11 +243,13 @@ class LearnedRanker:
     label_split : {"time", "random"}
         ``"time"``: label windows are the last days before the cut-off (what a
         deployment predicts: the next purchases). ``"random"``: each window holds
-        out a random ``label_fraction`` of every user's events instead, for data
-        judged on random held-out events (the MovieLens protocols); the ranker
-        then learns the task it is judged on.
+        out a random ``label_fraction`` of the events instead, for data judged on
+        random held-out events (the MovieLens protocols); the ranker then learns
+        the task it is judged on. The windows are disjoint, so no validation label
+        was ever a training label.
     label_fraction : float
-        Share of events held out per ``"random"`` window.
+        Share of events held out per ``"random"`` window; the windows together
+        hold out at most all of them.
     exclude_seen : bool
         Never rank items the user already has, in training, validation and
         serving (for data where nobody re-consumes, e.g. ratings); by default
@@ -333,6 +335,11 @@ class LearnedRanker:
                              f"{self.label_split!r}")
         if not 0 < self.label_fraction < 1:
             raise ValueError(f"label_fraction must be in (0, 1), got {self.label_fraction}")
+        n_windows = int(self.train_windows) + int(self.validation_windows)
+        if self.label_split == "random" and n_windows * self.label_fraction > 1 + 1e-9:
+            raise ValueError(f"label_split='random' holds out disjoint shares: {n_windows} "
+                             f"windows of label_fraction={self.label_fraction} exceed all "
+                             "the events; lower one of them")
 
     # -- fitting --------------------------------------------------------------
 
@@ -406,14 +413,16 @@ class LearnedRanker:
         With ``label_split="time"`` windows are whole days ending on the log's last
         day; ``history`` holds every event before the window's first day, ``labels``
         the window's events (``None`` when the window or its history is empty).
-        With ``"random"`` each window is a seeded random share of the events.
+        With ``"random"`` each window is a seeded random share of the events, no
+        event in two windows; ``history`` is every event outside the window.
         """
         n_windows = int(self.train_windows) + int(self.validation_windows)
         out = []
         if self.label_split == "random":
+            draw = np.random.default_rng(int(self.random_state)).random(len(interactions))
+            slot = np.floor(draw / float(self.label_fraction))
             for j in range(n_windows):
-                rng = np.random.default_rng([int(self.random_state), j])
-                inside = rng.random(len(interactions)) < float(self.label_fraction)
+                inside = slot == j
                 out.append((interactions.select(~inside), interactions.select(inside)))
             return out
         times = interactions.events["time"]

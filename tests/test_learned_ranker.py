@@ -123,6 +123,27 @@ def test_label_windows_are_whole_days_and_never_see_the_future():
         assert history.events["time"].max() == labels.events["time"].max()
 
 
+def test_random_label_windows_are_disjoint_shares_and_history_is_the_rest():
+    data = _weekly_shop()
+    ranker = LearnedRanker(SIMPLE, train_windows=3, validation_windows=1, label_split="random",
+                           label_fraction=0.25)
+    windows = ranker.label_windows(data)
+    key = ["user", "item", "time"]
+    everything = data.events[key].sort_values(key).reset_index(drop=True)
+    held = []
+    for history, labels in windows:
+        assert abs(len(labels) - len(data) / 4) < 4 * np.sqrt(len(data) * 0.25 * 0.75)
+        both = pd.concat([history.events[key], labels.events[key]])
+        pd.testing.assert_frame_equal(both.sort_values(key).reset_index(drop=True), everything)
+        held.append(labels.events[key])
+    # no event is a label of two windows: four quarters hold out every event exactly once
+    pd.testing.assert_frame_equal(pd.concat(held).sort_values(key).reset_index(drop=True),
+                                  everything)
+    with pytest.raises(ValueError, match="disjoint shares"):
+        LearnedRanker(SIMPLE, train_windows=4, validation_windows=1, label_split="random",
+                      label_fraction=0.25).fit(data)
+
+
 def test_a_planted_future_event_changes_labels_but_no_feature():
     last = _weekly_shop().events["time"].max()
     planted = ("u00", "i29", last)  # bought on the last day: a label of the last window only
