@@ -68,6 +68,10 @@ class SourceSlates:
     ----------
     chain : list of dict
         ``{"source": name in recsys.sources.SOURCES, "params": {...}}`` entries.
+    images, cache_dir, encoder, embedding_dim
+        For visual sources (``visual-neighbours``, ``new-arrivals``): the embeddings
+        they search, as :class:`LearnedSlates` builds them (restricted to the
+        window's declared catalog, whitened principal components).
 
     Examples
     --------
@@ -77,16 +81,36 @@ class SourceSlates:
     ['repurchase', 'recent-popularity']
     """
 
-    def __init__(self, chain: Sequence[dict[str, Any]]) -> None:
+    def __init__(self, chain: Sequence[dict[str, Any]], images: str | None = None,
+                 cache_dir: str = "out/cache/embeddings", encoder: str = "efficientnet-lite0",
+                 embedding_dim: int = 128) -> None:
         from recsys.sources import SOURCES
+        from recsys.visual_sources import VisualSource
 
         if not chain:
             raise ValueError("chain needs at least one source")
         self.chain = [dict(c) for c in chain]
         self.sources = [SOURCES.create(c["source"], **c.get("params", {})) for c in self.chain]
+        if images is None and any(isinstance(s, VisualSource) for s in self.sources):
+            raise ValueError("a visual source in the chain needs images= (the image folder)")
+        self.images = images
+        self.cache_dir = cache_dir
+        self.encoder = encoder
+        self.embedding_dim = embedding_dim
 
-    def fit(self, interactions: Interactions) -> SourceSlates:
+    def fit(self, interactions: Interactions,
+            catalog_items: Sequence[str] | None = None) -> SourceSlates:
+        """Fit every source on the events before the cut-off; visual sources search the
+        embeddings of ``catalog_items`` (the window's declared catalog; default: every
+        image)."""
+        from recsys.visual_sources import VisualSource
+
+        if self.images is not None:
+            ids, vectors = _catalog_vectors(self.images, self.cache_dir, self.encoder,
+                                            self.embedding_dim, catalog_items)
         for source in self.sources:
+            if isinstance(source, VisualSource):
+                source.set_embeddings(ids, vectors)
             source.fit(interactions)
         self.user_ids_ = interactions.user_ids
         self.seen_ = interactions
@@ -268,6 +292,20 @@ def _image_embeddings(images: str, cache_dir: str, encoder: str) -> tuple[np.nda
     return ids[found.ok], found.vectors[found.ok]
 
 
+def _catalog_vectors(images: str, cache_dir: str, encoder: str, embedding_dim: int,
+                     catalog_items: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and embeddings of the catalog's images, projected on ``embedding_dim`` whitened
+    principal components fitted on that catalog."""
+    from recsys.taste import EmbeddingPCA
+
+    ids, vectors = _image_embeddings(str(Path(images).resolve()), str(cache_dir), encoder)
+    if catalog_items is not None:
+        keep = np.isin(ids, np.asarray(list(map(str, catalog_items))))
+        ids, vectors = ids[keep], vectors[keep]
+    dim = min(int(embedding_dim), *vectors.shape)
+    return ids, EmbeddingPCA(dim, whiten=True).fit(vectors).transform(vectors)
+
+
 @lru_cache(maxsize=2)
 def _prices(path: str, user_col: str, item_col: str, time_col: str,
             price_col: str) -> pd.DataFrame:
@@ -322,18 +360,12 @@ class LearnedSlates:
     def fit(self, interactions: Interactions,
             catalog_items: Sequence[str] | None = None) -> LearnedSlates:
         from recsys.learned_ranker import LearnedRanker
-        from recsys.taste import EmbeddingPCA
 
         data = observed(interactions)
         ids = vectors = None
         if self.images is not None:
-            ids, vectors = _image_embeddings(str(Path(self.images).resolve()),
-                                             str(self.cache_dir), self.encoder)
-            if catalog_items is not None:
-                keep = np.isin(ids, np.asarray(list(map(str, catalog_items))))
-                ids, vectors = ids[keep], vectors[keep]
-            dim = min(int(self.embedding_dim), *vectors.shape)
-            vectors = EmbeddingPCA(dim, whiten=True).fit(vectors).transform(vectors)
+            ids, vectors = _catalog_vectors(self.images, self.cache_dir, self.encoder,
+                                            self.embedding_dim, catalog_items)
         groups = None
         if self.group_prefix is not None:
             items = data.item_ids if ids is None else np.union1d(data.item_ids, ids)

@@ -341,3 +341,28 @@ def test_visual_recommenders_plug_in_through_the_adapter(tmp_path):
         "0108775015": "0108", "0108775044": "0108", "0111586001": "0111"}
     with pytest.raises(ValueError, match="not both"):
         build_model("blend", {**params, "groups": groups, "group_prefix": 7})
+
+
+def test_a_visual_source_chain_searches_the_declared_catalog(monkeypatch):
+    import evaluation.adapters as adapters
+    from recsys.sources import SOURCES
+    from recsys.taste import EmbeddingPCA
+
+    ids = np.array([f"i{j}" for j in range(6)])
+    vectors = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    monkeypatch.setattr(adapters, "_image_embeddings", lambda *args: (ids, vectors))
+    data = Interactions.from_frame(pd.DataFrame(
+        {"user_id": ["u", "u", "v"], "item_id": ["i0", "i1", "i5"],
+         "t": ["2020-01-01", "2020-01-02", "2020-01-02"]}), time_col="t")
+    declared = ["i0", "i1", "i2", "i3", "i4"]  # i5 is not on sale this window
+    model = build_model("sources", {"chain": [{"source": "visual-neighbours"}],
+                                    "images": "img", "embedding_dim": 3})
+    got, _ = model.fit(data, catalog_items=declared).recommend(["u", "v"], k=3,
+                                                             filter_seen=False)
+    expected_vectors = EmbeddingPCA(3, whiten=True).fit(vectors[:5]).transform(vectors[:5])
+    reference = SOURCES.create("visual-neighbours").set_embeddings(ids[:5], expected_vectors)
+    expected, _ = reference.fit(data).candidates(["u", "v"], 3)
+    np.testing.assert_array_equal(got, expected)
+    assert "i5" not in got
+    with pytest.raises(ValueError, match="needs images="):
+        build_model("sources", {"chain": [{"source": "new-arrivals"}]})
