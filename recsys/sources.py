@@ -45,6 +45,7 @@ SOURCES: Registry[CandidateSource] = Registry(
     "candidate source", "stylerec.sources",
     builtins={"repurchase": "recsys.sources", "family": "recsys.sources",
               "recent-popularity": "recsys.sources", "cf": "recsys.sources",
+              "chain": "recsys.sources",
               "visual-neighbours": "recsys.visual_sources",
               "new-arrivals": "recsys.visual_sources"},
 )
@@ -420,3 +421,57 @@ class CFSource(CandidateSource):
             no_evidence = scores <= 0
             ids[no_evidence], scores[no_evidence] = "", -np.inf
         return ids, scores
+
+
+@SOURCES.register("chain")
+class ChainSource(CandidateSource):
+    """Several sources as one list: the first one's items, then each next one's items not
+    listed yet (e.g. repurchase → same family → recent best sellers, the H&M
+    competition's strongest simple baseline). Scores are descending places ``n, n-1, ...``.
+
+    In a learned ranker a chain is one more candidate list, rank feature and fallback
+    that the no-harm check compares with, so the ranker can hand its slates to the
+    chain itself rather than to one of its parts.
+
+    Parameters
+    ----------
+    chain : list of dict
+        ``{"name": <SOURCES name>, "params": {...}}`` per source, in order; sources that
+        need embeddings or given groups cannot be members.
+    """
+
+    # fits and asks its member sources instead of the base class's event-table hooks
+    _fit = _candidates = None
+
+    def __init__(self, chain: Sequence[Mapping[str, Any]]) -> None:
+        if not chain:
+            raise ValueError("chain needs at least one source")
+        for spec in chain:
+            if not isinstance(spec, Mapping) or "name" not in spec:
+                raise ValueError(f"each chain member is {{'name': ..., 'params': {{...}}}}, "
+                                 f"got {spec!r}")
+            if hasattr(SOURCES.get(spec["name"]), "set_embeddings"):
+                raise ValueError(f"chain member {spec['name']!r} needs embeddings: a chain "
+                                 "holds only sources that do not")
+        self.chain = [dict(spec) for spec in chain]
+
+    def fit(self, interactions: Interactions) -> ChainSource:
+        """Fit every member on the events before the cut-off; returns ``self``."""
+        self.sources_ = [SOURCES.create(s["name"], **(s.get("params") or {})).fit(interactions)
+                         for s in self.chain]
+        self.item_ids_ = np.unique(np.concatenate([s.item_ids_ for s in self.sources_]))
+        return self
+
+    def candidates(
+        self, user_ids: Sequence[str], n: int, history: Interactions | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``n`` items per user, best first (see :meth:`CandidateSource.candidates`)."""
+        if not hasattr(self, "sources_"):
+            raise RuntimeError("ChainSource is not fitted yet: call fit() first")
+        pools = [s.candidates(user_ids, n, history)[0] for s in self.sources_]
+        ids = np.full((len(pools[0]), n), "", dtype=self.item_ids_.dtype)
+        for row in range(len(ids)):
+            listed = list(dict.fromkeys(t for pool in pools for t in pool[row] if t))[:n]
+            ids[row, :len(listed)] = listed
+        places = np.broadcast_to((n - np.arange(n)).astype(np.float32), ids.shape)
+        return ids, np.where(ids != "", places, np.float32(-np.inf)).astype(np.float32)

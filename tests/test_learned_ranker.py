@@ -253,6 +253,18 @@ def test_the_ranker_hands_over_to_the_source_it_cannot_beat():
     np.testing.assert_array_equal(ranker.rank(users, 3).items, expected)
 
 
+def test_the_ranker_can_hand_over_to_a_chain_of_its_sources():
+    data = _weekly_shop(weeks=12)
+    chain = {"name": "chain", "params": {"chain": SIMPLE}}  # own items, then best sellers
+    ranker = LearnedRanker([{"name": "recent-popularity"}, chain], n_candidates=5,
+                           train_windows=3, validation_windows=2, n_rounds=5,
+                           model_params={"min_data_in_leaf": 1000}).fit(data)  # a stump
+    assert ranker.choice_ == "chain" and ranker.validation_["chain"] > 0.5
+    users = ["u00", "u07"]
+    expected = SOURCES.create("chain", chain=SIMPLE).fit(data).candidates(users, 4)[0]
+    np.testing.assert_array_equal(ranker.rank(users, 4).items, expected)
+
+
 def test_too_short_a_log_is_a_clear_error():
     data = _log([("u", "a", "2020-01-01"), ("u", "b", "2020-01-01")])
     with pytest.raises(NotEnoughHistory, match="too few days"):

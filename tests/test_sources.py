@@ -132,3 +132,17 @@ def test_registry_params_and_errors(train):
         source.candidates("a", n=1)
     with pytest.raises(ValueError, match="n must be"):
         source.candidates(["a"], n=0)
+
+
+def test_a_chain_lists_each_source_in_turn_without_repeats(train):
+    chain = SOURCES.create("chain", chain=[
+        {"name": "repurchase", "params": {"half_life_days": 7}},
+        {"name": "family", "params": {"group": "prefix:2", "half_life_days": 7}}]).fit(train)
+    ids, scores = chain.candidates(["a", "b", "zz"], n=4)
+    # a: own p1a, p2a, then family's p1b, p2b (p1a, p2a already listed); b: p3a, p1b, p1a
+    assert rows(ids, scores) == [[("p1a", 4.0), ("p2a", 3.0), ("p1b", 2.0), ("p2b", 1.0)],
+                                 [("p3a", 4.0), ("p1b", 3.0), ("p1a", 2.0)], []]
+    with pytest.raises(ValueError, match="needs embeddings"):
+        SOURCES.create("chain", chain=[{"name": "visual-neighbours"}])
+    with pytest.raises(ValueError, match="at least one"):
+        SOURCES.create("chain", chain=[])
