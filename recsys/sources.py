@@ -4,9 +4,10 @@ A source is fitted on the events before a cut-off and proposes, for each user, u
 ``n`` items with scores, best first. The built-ins are the candidate generators of the
 strongest simple recommenders for repeat-purchase retail (the H&M competition's winning
 solutions start from them): the user's own past items (``repurchase``), items of the
-same product family (``family``), what sold recently (``recent-popularity``), and any
-collaborative-filtering model (``cf``). Visual sources live in ``recsys.visual_sources``
-and register into the same :data:`SOURCES` registry.
+same product family (``family``), what sold recently (``recent-popularity``), any
+collaborative-filtering model (``cf``), and several of them in turn as one list
+(``chain``). Visual sources live in ``recsys.visual_sources`` and register into the
+same :data:`SOURCES` registry.
 
 Conventions (shared by every source)
 ------------------------------------
