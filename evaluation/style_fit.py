@@ -323,20 +323,23 @@ def match_histories(frame: pd.DataFrame, matcher: object, item_ids: Sequence[str
                     time_col: str = "t_dat") -> Matches:
     """Aesthetic vectors of the users in ``frame`` (the matcher's
     :meth:`~recsys.aesthetic.AestheticMatcher.taste_model` on the items' space vectors:
-    confidence and recency weights) matched by ``matcher``
+    confidence and recency weights, one or several centroids) matched by ``matcher``
     (:class:`~recsys.aesthetic.AestheticMatcher`). Users none of whose items has a
     descriptor are left out."""
     from recsys.interactions import Interactions
+    from recsys.taste import TasteProfiles
+
     data = Interactions.from_frame(frame, user_col, item_col, time_col)
     taste = matcher.taste_model().fit(data, item_ids, item_vectors)
     users = list(data.user_ids)
     profiles = taste.transform(users)
     keep = ~profiles.fallback
     users = [u for u, k in zip(users, keep, strict=True) if k]
-    vectors = profiles.mean_vectors()[keep]
-    ids, sims = matcher.match(vectors, 1)
+    profiles = TasteProfiles(profiles.vectors[keep], profiles.weights[keep],
+                             profiles.fallback[keep], profiles.folded_in[keep])
+    ids, sims = matcher.match(profiles, 1)
     row = {s: i for i, s in enumerate(matcher.style_ids_)}
-    mixes = matcher.personal_style(vectors) if matcher.magenta_ is not None else []
+    mixes = matcher.personal_style(profiles) if matcher.magenta_ is not None else []
     return Matches({u: row[s] for u, s in zip(users, ids[:, 0], strict=True)},
                    {u: float(s) for u, s in zip(users, sims[:, 0], strict=True)},
                    dict(zip(users, mixes, strict=False)))

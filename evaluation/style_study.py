@@ -47,6 +47,7 @@ from evaluation.style_fit import (
 )
 from recsys.aesthetic import AestheticMatcher, StyleLibrary, palette_colours
 from recsys.catalog import Catalog
+from recsys.interactions import Interactions
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +109,17 @@ def style_fit_study(
     history_days: int = 180,
     half_life_days: float | None = 60.0,
     block_weights: Mapping[str, float] | None = None,
+    matcher_params: Mapping[str, Any] | None = None,
     near_fraction: float = 0.1,
     kmeans_judge: bool = True,
     threads: int | None = 1,
 ) -> dict[str, Any]:
-    """Run the four checks; returns a JSON-ready dict (figures, parameters, per-unit rows)."""
+    """Run the four checks; returns a JSON-ready dict (figures, parameters, per-unit rows).
+
+    The matcher (:class:`~recsys.aesthetic.AestheticMatcher` with ``block_weights``,
+    ``half_life_days`` and any other ``matcher_params``) learns its hubness correction,
+    if any, on the matched histories themselves (never on a window's purchases).
+    """
     started = time.time()
     catalog = Catalog.from_directory(image_root)
     transactions = transactions.assign(article_id=transactions["article_id"].astype(str))
@@ -126,8 +133,11 @@ def style_fit_study(
                                                   threads)
     if style_ids != library.ids:
         raise ValueError(f"unreadable style references: {set(library.ids) - set(style_ids)}")
-    matcher = AestheticMatcher(block_weights, half_life_days=half_life_days)
-    matcher.fit(library, style_desc, item_desc, library.magenta_vectors())
+    matcher = AestheticMatcher(block_weights, half_life_days=half_life_days,
+                               **(matcher_params or {}))
+    population = Interactions.from_frame(frame, "unit", "article_id", "t_dat")
+    matcher.fit(library, style_desc, item_desc, library.magenta_vectors(),
+                interactions=population, item_ids=item_ids)
     item_vectors = matcher.item_vectors(item_desc)
 
     def match(part: pd.DataFrame):
@@ -142,7 +152,7 @@ def style_fit_study(
                           {i: str(catalog.path(i)) for i in item_ids} if kmeans_judge else None)
     result: dict[str, Any] = {
         "params": {"windows": windows, "window_days": window_days,
-                   "history_days": history_days, "half_life_days": half_life_days,
+                   "history_days": history_days, "matcher": matcher.get_params(),
                    "block_weights": matcher.space_._weights(), "near_fraction": near_fraction,
                    "library": names, "n_styles": len(names), "articles_described": len(item_ids)},
         "colour": colour_agreement({u: histories[u] for u in matches.nearest}, matches.nearest,

@@ -76,13 +76,14 @@ from ground.images import fit_square
 
 from .catalog import IMAGE_SUFFIXES, Catalog
 from .encoders import ImageEncoder, register_encoder
+from .interactions import Interactions
 from .style_index import StyleIndex
-from .taste import TasteModel
+from .taste import TasteModel, TasteProfiles
 
 log = logging.getLogger(__name__)
 
 BLOCKS = ("palette", "texture", "style")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _L_BINS, _AB_BINS, _AB_RANGE = 5, 7, 60.0
 _TEXTURE_CHANNELS = (32, 16, 24)  # stem, block 0 (stage 1), block 2 (end of stage 2)
 _MASK_SIZE, _PALETTE_SIZE, _STYLE_SIZE = 96, 64, 128
@@ -479,8 +480,29 @@ class PersonalStyle:
     weights: tuple[float, ...]
 
 
+HUBNESS = ("csls", "zscore")
+
+
 class AestheticMatcher:
     """FAISS index of style references in the aesthetic space; nearest and mixed styles.
+
+    A few references (dark or white-ground paintings) are everyone's nearest
+    neighbour in the plain cosine: *hubness*. ``hubness`` corrects it with the
+    references' similarity to a population of users, learned at :meth:`fit`:
+
+    ``"csls"``
+        cross-domain similarity local scaling (Conneau et al. 2018, "Word
+        translation without parallel data"): ``2 cos(u, s) - r_U(s) - r_S(u)``,
+        where ``r_U(s)`` is the mean cosine of reference ``s`` to its ``hub_k``
+        nearest population vectors and ``r_S(u)`` the mean cosine of ``u`` to its
+        ``hub_k`` nearest references (constant per user: it does not change a
+        user's ranking, but the score keeps its definition);
+    ``"zscore"``
+        ``(cos(u, s) - mean_s) / std_s`` with each reference's mean and standard
+        deviation of the cosine over the population.
+
+    Either is a per-reference scale and offset, so the FAISS index holds
+    ``[a_s · s, b_s]`` and is queried with ``[u, 1]``: any factory string still works.
 
     Parameters
     ----------
@@ -494,26 +516,54 @@ class AestheticMatcher:
     mix_k : int
         References mixed into a personal style.
     temperature : float
-        Softmax temperature of the mixing weights over the top-``mix_k`` cosines.
+        Softmax temperature of the mixing weights over the top-``mix_k`` scores (and
+        of the pooling over a user's centroids).
     half_life_days : float or None
         Recency half-life of users' aesthetic vectors (:meth:`taste_model`); needs a
         time on every event, so the default is none (any log works); the study in
         ``docs/aesthetic.md`` uses 60 days.
+    hubness : {None, "csls", "zscore"}
+        Hubness correction of the score (see above); ``None``: the plain cosine.
+    hub_k : int
+        Neighbourhood size of ``"csls"`` (capped at the population and the library).
+    max_centroids : int
+        Most aesthetic vectors per user (:meth:`taste_model`): 1 is the weighted mean of
+        their items; more is a weighted k-means with one centroid per
+        ``items_per_centroid`` items. A user's score for a reference pools their
+        centroids' scores weighted by centroid mass,
+        ``temperature · log Σ_c w_c exp(score_c / temperature)`` (the best centroid's
+        score when one dominates).
+    items_per_centroid : int
 
     Attributes
     ----------
     space_ : AestheticSpace
     index_ : StyleIndex
-        Over the references' aesthetic vectors.
+        Over the references' aesthetic vectors (augmented with the hubness offset).
     style_ids_ : list of str
     style_paths_ : dict of str to str
+    style_vectors_ : ndarray of float32, shape (n_styles, dim)
+        The references in the space.
+    hub_scale_, hub_offset_ : ndarray of float32, shape (n_styles,)
+        The per-reference ``a_s`` and ``b_s`` of the hubness correction (``None`` without).
+    population_ : int
+        Vectors the correction was learned on.
     magenta_ : ndarray of float32, shape (n_styles, 100) or None
         Raw style vectors for :meth:`personal_style` (``None``: fitted without them).
+
+    Examples
+    --------
+    >>> matcher = AestheticMatcher(hubness="csls", hub_k=10).fit(
+    ...     library, style_descriptors, item_descriptors, magenta,
+    ...     interactions=log, item_ids=item_ids)  # doctest: +SKIP
+    >>> ids, scores = matcher.match(profiles, k=3)  # doctest: +SKIP
     """
 
     def __init__(self, block_weights: Mapping[str, float] | None = None, center: bool = True,
                  factory: str = "Flat", mix_k: int = 3, temperature: float = 0.05,
-                 half_life_days: float | None = None, standardise_palette: bool = False) -> None:
+                 half_life_days: float | None = None, standardise_palette: bool = False,
+                 hubness: str | None = None, hub_k: int = 10, max_centroids: int = 1,
+                 items_per_centroid: int = 4) -> None:
         self.block_weights = dict(block_weights) if block_weights else None
         self.standardise_palette = standardise_palette
         self.half_life_days = half_life_days
@@ -521,9 +571,27 @@ class AestheticMatcher:
         self.factory = factory
         self.mix_k = mix_k
         self.temperature = temperature
+        self.hubness = hubness
+        self.hub_k = hub_k
+        self.max_centroids = max_centroids
+        self.items_per_centroid = items_per_centroid
+
+    def get_params(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+
+    def _check_params(self) -> None:
+        if self.mix_k < 1 or not self.temperature > 0:
+            raise ValueError(f"mix_k must be >= 1 and temperature > 0, got {self.mix_k}, "
+                             f"{self.temperature}")
+        if self.hubness is not None and self.hubness not in HUBNESS:
+            raise ValueError(f"hubness must be None or one of {HUBNESS}, got {self.hubness!r}")
+        for name in ("hub_k", "max_centroids", "items_per_centroid"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def fit(self, library: StyleLibrary, style_descriptors: np.ndarray,
-            item_descriptors: np.ndarray, magenta_vectors: np.ndarray | None = None
+            item_descriptors: np.ndarray, magenta_vectors: np.ndarray | None = None, *,
+            interactions: Interactions | None = None, item_ids: Sequence[str] | None = None
             ) -> AestheticMatcher:
         """Fit the space on the items' and references' descriptors and index the references.
 
@@ -536,44 +604,122 @@ class AestheticMatcher:
             The same for the catalog (the item domain's mean and scale).
         magenta_vectors : ndarray, shape (n_styles, 100), optional
             Raw Magenta vectors (:meth:`StyleLibrary.magenta_vectors`) for personal styles.
+        interactions : Interactions, optional
+            The users the hubness correction is learned on (their aesthetic vectors from
+            :meth:`taste_model`); without it, each item stands for a user of one item.
+        item_ids : sequence of str, optional
+            Ids of the ``item_descriptors`` rows; needed with ``interactions``.
         """
         if len(style_descriptors) != len(library):
             raise ValueError(f"{len(style_descriptors)} style descriptors for a library of "
                              f"{len(library)}")
-        if self.mix_k < 1 or not self.temperature > 0:
-            raise ValueError(f"mix_k must be >= 1 and temperature > 0, got {self.mix_k}, "
-                             f"{self.temperature}")
+        self._check_params()
         self.space_ = AestheticSpace(self.block_weights, self.center,
                                      self.standardise_palette).fit(item_descriptors,
                                                                    style_descriptors)
-        vectors = self.space_.transform(style_descriptors, "styles")
         self.style_ids_ = library.ids
         self.style_paths_ = dict(zip(library.ids, library.paths, strict=True))
-        self.index_ = StyleIndex(self.factory).fit(library.ids, vectors, encoder_id="aesthetic")
+        items = self.item_vectors(item_descriptors)
+        if interactions is not None:
+            if item_ids is None:
+                raise ValueError("fit with interactions needs the item_ids of the descriptors")
+            items = self.taste_model().fit(interactions, item_ids, items).vectors_
+        self._calibrate(self.space_.transform(style_descriptors, "styles"), items)
         self.magenta_ = None if magenta_vectors is None else np.asarray(magenta_vectors,
                                                                          np.float32)
         return self
 
+    def _calibrate(self, style_vectors: np.ndarray, population: np.ndarray
+                   ) -> AestheticMatcher:
+        """Learn the hubness correction on ``population`` vectors and index the references."""
+        self.style_vectors_ = np.asarray(style_vectors, np.float32)
+        self.population_ = len(population)
+        self.hub_scale_ = self.hub_offset_ = None
+        vectors = self.style_vectors_
+        if self.hubness is not None:
+            if not len(population):
+                raise ValueError("the hubness correction needs a non-empty population")
+            cos = np.asarray(population, np.float32) @ self.style_vectors_.T  # [n_pop, n_styles]
+            if self.hubness == "csls":
+                k = min(self.hub_k, len(cos))
+                r_users = -np.partition(-cos, k - 1, axis=0)[:k].mean(0)
+                self.hub_scale_, self.hub_offset_ = np.full(len(r_users), 2.0), -r_users
+            else:
+                std = cos.std(0) + 1e-6
+                self.hub_scale_, self.hub_offset_ = 1.0 / std, -cos.mean(0) / std
+            self.hub_scale_ = self.hub_scale_.astype(np.float32)
+            self.hub_offset_ = self.hub_offset_.astype(np.float32)
+            vectors = np.hstack([vectors * self.hub_scale_[:, None], self.hub_offset_[:, None]])
+        self.index_ = StyleIndex(self.factory).fit(self.style_ids_, vectors,
+                                                   encoder_id="aesthetic")
+        return self
+
     def taste_model(self) -> TasteModel:
         """The unfitted :class:`~recsys.taste.TasteModel` that turns what users engaged with
-        (confidence and recency weighted) into aesthetic vectors from :meth:`item_vectors`."""
-        return TasteModel(half_life_days=self.half_life_days)
+        (confidence and recency weighted) into aesthetic vectors from :meth:`item_vectors`:
+        the weighted mean, or ``max_centroids`` k-means centroids."""
+        if self.max_centroids == 1:
+            return TasteModel(half_life_days=self.half_life_days)
+        return TasteModel("kmeans", half_life_days=self.half_life_days,
+                          max_centroids=self.max_centroids,
+                          items_per_centroid=self.items_per_centroid)
 
     def item_vectors(self, descriptors: np.ndarray) -> np.ndarray:
         """Item descriptors in the fitted space (unit rows)."""
         return self.space_.transform(descriptors, "items")
 
-    def match(self, user_vectors: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` nearest references (ids ``[n, k]``, cosines ``[n, k]``) of user vectors
-        in the space (e.g. a :class:`~recsys.taste.TasteModel` fitted on :meth:`item_vectors`)."""
-        return self.index_.search(user_vectors, k, encoder_id="aesthetic")
+    def _user_offset(self, vectors: np.ndarray) -> np.ndarray:
+        """``-r_S(u)`` of CSLS (0 otherwise): minus the mean cosine to the nearest references."""
+        if self.hubness != "csls":
+            return np.zeros(len(vectors), np.float32)
+        cos = vectors @ self.style_vectors_.T
+        k = min(self.hub_k, cos.shape[1])
+        return -(-np.partition(-cos, k - 1, axis=1)[:, :k]).mean(1)
 
-    def personal_style(self, user_vectors: np.ndarray) -> list[PersonalStyle]:
+    def _search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        vectors = np.asarray(vectors, np.float32)
+        queries = vectors
+        if self.hubness is not None:
+            queries = np.hstack([vectors, np.ones((len(vectors), 1), np.float32)])
+        ids, scores = self.index_.search(queries, k, encoder_id="aesthetic")
+        return ids, scores + self._user_offset(vectors)[:, None]
+
+    def match(self, users: np.ndarray | TasteProfiles, k: int = 1
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best references (ids ``[n, k]``, scores ``[n, k]``, best first) of users.
+
+        ``users``: unit vectors ``[n, dim]`` in the space, or the
+        :class:`~recsys.taste.TasteProfiles` of :meth:`taste_model` fitted on
+        :meth:`item_vectors` (several centroids per user are pooled). The score is the
+        cosine, or its hubness-corrected form.
+        """
+        if not isinstance(users, TasteProfiles):
+            return self._search(users, k)
+        if users.vectors.shape[1] == 1:
+            return self._search(users.vectors[:, 0], k)
+        n, width, dim = users.vectors.shape
+        n_styles = len(self.style_ids_)
+        ids, scores = self._search(users.vectors.reshape(-1, dim), n_styles)
+        row = {s: i for i, s in enumerate(self.style_ids_)}
+        dense = np.full((n * width, n_styles), -np.inf)
+        for r, (row_ids, row_scores) in enumerate(zip(ids, scores, strict=True)):
+            found = [j for j, s in enumerate(row_ids) if s is not None]
+            dense[r, [row[row_ids[j]] for j in found]] = row_scores[found]
+        t = self.temperature
+        with np.errstate(divide="ignore"):
+            logits = dense.reshape(n, width, n_styles) / t + np.log(users.weights)[..., None]
+        top = logits.max(1, keepdims=True)
+        pooled = t * (top[:, 0] + np.log(np.exp(logits - top).sum(1)))
+        order = np.argsort(-pooled, axis=1, kind="stable")[:, :min(k, n_styles)]
+        return (np.asarray(self.style_ids_, dtype=object)[order],
+                np.take_along_axis(pooled, order, 1).astype(np.float32))
+
+    def personal_style(self, users: np.ndarray | TasteProfiles) -> list[PersonalStyle]:
         """Each user's mix of their top-``mix_k`` references' Magenta style vectors,
-        weighted by a softmax of the cosines at ``temperature``."""
+        weighted by a softmax of the scores at ``temperature``."""
         if self.magenta_ is None:
             raise RuntimeError("fit the matcher with magenta_vectors for personal styles")
-        ids, sims = self.match(user_vectors, self.mix_k)
+        ids, sims = self.match(users, self.mix_k)
         row_of = {s: i for i, s in enumerate(self.style_ids_)}
         styles = []
         for row_ids, row_sims in zip(ids, sims, strict=True):
@@ -588,15 +734,14 @@ class AestheticMatcher:
         """Write the fitted matcher to the folder ``path`` (JSON + npz + FAISS; no pickle)."""
         with atomic_directory(path, "matcher.json") as tmp:
             self.index_.save(tmp)  # index.faiss + meta.json
-            arrays = self.space_.arrays()
+            arrays = self.space_.arrays() | {"style_vectors": self.style_vectors_}
             if self.magenta_ is not None:
                 arrays["magenta"] = self.magenta_
+            if self.hubness is not None:
+                arrays |= {"hub_scale": self.hub_scale_, "hub_offset": self.hub_offset_}
             write_npz_atomic(tmp / "arrays.npz", arrays)
-            meta = {"format": FORMAT_VERSION, "block_weights": self.block_weights,
-                    "center": self.center, "factory": self.factory, "mix_k": self.mix_k,
-                    "temperature": self.temperature, "half_life_days": self.half_life_days,
-                    "standardise_palette": self.standardise_palette,
-                    "style_paths": self.style_paths_,
+            meta = {"format": FORMAT_VERSION, "params": self.get_params(),
+                    "population": self.population_, "style_paths": self.style_paths_,
                     "style_ids": self.style_ids_}
             write_bytes_atomic(tmp / "matcher.json", json.dumps(meta, indent=2).encode())
         return Path(path)
@@ -605,13 +750,16 @@ class AestheticMatcher:
     def load(cls, path: str | Path) -> AestheticMatcher:
         path = saved_directory(path, "matcher.json")
         meta = read_meta(path, "matcher.json", "AestheticMatcher", FORMAT_VERSION)
-        self = cls(meta["block_weights"], meta["center"], meta["factory"], meta["mix_k"],
-                   meta["temperature"], meta["half_life_days"], meta["standardise_palette"])
+        self = cls(**meta["params"])
         with np.load(path / "arrays.npz", allow_pickle=False) as z:
             self.space_ = AestheticSpace.from_arrays(z, self.block_weights, self.center,
                                                      self.standardise_palette)
+            self.style_vectors_ = z["style_vectors"]
             self.magenta_ = z["magenta"] if "magenta" in z else None
+            self.hub_scale_ = z["hub_scale"] if "hub_scale" in z else None
+            self.hub_offset_ = z["hub_offset"] if "hub_offset" in z else None
         self.index_ = StyleIndex.load(path)
+        self.population_ = meta["population"]
         self.style_ids_ = meta["style_ids"]
         self.style_paths_ = meta["style_paths"]
         return self

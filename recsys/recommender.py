@@ -101,8 +101,9 @@ class SlateEntry:
 
 @dataclass(frozen=True)
 class StyleMatch:
-    """The style reference nearest to a user's aesthetic (cosine ``similarity`` in the
-    aesthetic space of :mod:`recsys.aesthetic`) and the user's personal ``mix`` of their
+    """The style reference nearest to a user's aesthetic (``similarity``: the matcher's
+    score in the aesthetic space of :mod:`recsys.aesthetic`, a cosine or its hubness
+    correction) and the user's personal ``mix`` of their
     nearest references (``(style_id, weight)`` pairs, best first)."""
 
     style_id: str
@@ -208,7 +209,8 @@ class StyleRecommender:
         by default); its descriptors are cached in ``cache_dir`` too.
     style_params : dict, optional
         :class:`~recsys.aesthetic.AestheticMatcher` parameters (``block_weights``,
-        ``half_life_days``, ``mix_k``…).
+        ``hubness``, ``max_centroids``, ``half_life_days``, ``mix_k``…); a hubness
+        correction is learned on the users of the log ``fit`` is given.
     renderer : stylers.Renderer, optional
         Used by ``recommend(render=True)``: anything with a
         ``render([(item_id, item_image, style_id, style_image), ...]) -> [path, ...]``
@@ -443,7 +445,8 @@ class StyleRecommender:
         if not ref_ok.all():
             raise ValueError(f"style references could not be described: {failures}")
         matcher = AestheticMatcher(**(self.style_params or {}))
-        self.styles_ = matcher.fit(styles, refs, items[ok], styles.magenta_vectors())
+        self.styles_ = matcher.fit(styles, refs, items[ok], styles.magenta_vectors(),
+                                   interactions=interactions, item_ids=item_ids[ok])
         self.style_taste_ = matcher.taste_model().fit(interactions, item_ids[ok],
                                                       matcher.item_vectors(items[ok]))
         self.style_paths_ = dict(self.styles_.style_paths_)
@@ -633,9 +636,9 @@ class StyleRecommender:
                       ) -> list[StyleMatch | None]:
         if self.styles_ is None:
             return [None] * len(user_ids)
-        vectors = self.style_taste_.transform(user_ids, history).mean_vectors()
-        ids, sims = self.styles_.match(vectors, 1)
-        mixes = self.styles_.personal_style(vectors)
+        profiles = self.style_taste_.transform(user_ids, history)
+        ids, sims = self.styles_.match(profiles, 1)
+        mixes = self.styles_.personal_style(profiles)
         return [StyleMatch(str(i), self.style_paths_[str(i)], float(s),
                            tuple(zip(m.references, m.weights, strict=True)))
                 for i, s, m in zip(ids[:, 0], sims[:, 0], mixes, strict=True)]

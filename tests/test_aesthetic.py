@@ -133,6 +133,86 @@ def test_matcher_mixes_top_references_and_round_trips(tmp_path):
     assert np.allclose(loaded.personal_style(users)[0].vector, mixes[0].vector)
 
 
+def _toy_matcher(hubness, hub_k=2, **params):
+    """Three references h, a, b (unit axes) calibrated on three users who all have the hub
+    ``h`` as their plain nearest reference."""
+    users = np.array([[1, 0, 0], [0.8, 0.6, 0], [0.8, 0, 0.6]], np.float32)
+    matcher = AestheticMatcher(hubness=hubness, hub_k=hub_k, **params)
+    matcher.style_ids_ = ["h", "a", "b"]
+    return matcher._calibrate(np.eye(3, dtype=np.float32), users), users
+
+
+def test_csls_demotes_the_hub_with_hand_computed_scores():
+    plain, users = _toy_matcher(None)
+    assert plain.match(users, 1)[0][:, 0].tolist() == ["h", "h", "h"]
+    csls, _ = _toy_matcher("csls")
+    # r_U (mean cosine to the 2 nearest users): h (1 + .8)/2 = .9, a (.6 + 0)/2 = .3, b .3
+    assert csls.hub_offset_ == pytest.approx([-0.9, -0.3, -0.3])
+    # r_S (mean cosine to the 2 nearest references): .5, .7, .7
+    # u1: 2·1 - .9 - .5 = .6 for h; u2: 2·.6 - .3 - .7 = .2 for a (h: 1.6 - .9 - .7 = 0)
+    ids, scores = csls.match(users, 2)
+    assert ids[:, 0].tolist() == ["h", "a", "b"] and ids[1:, 1].tolist() == ["h", "h"]
+    assert scores[:, 0] == pytest.approx([0.6, 0.2, 0.2], abs=1e-6)
+    assert scores[1, 1] == pytest.approx(0.0, abs=1e-6)
+    # z-scores: cos of h over users (1, .8, .8): mean .8667, std .0943; u2 to h -0.707
+    z, _ = _toy_matcher("zscore")
+    ids, scores = z.match(users, 2)
+    assert ids[:, 0].tolist() == ["h", "a", "b"]
+    assert scores[1, 1] == pytest.approx((0.8 - 2.6 / 3) / np.std([1, 0.8, 0.8]), abs=1e-4)
+    with pytest.raises(ValueError, match="hubness must be"):
+        AestheticMatcher(hubness="inverted")._check_params()
+
+
+def test_centroids_pool_by_mass_with_a_log_sum_exp():
+    from recsys.taste import TasteProfiles
+
+    matcher, _ = _toy_matcher(None, temperature=0.05)
+    # one user: a heavy centroid (mass .75) mildly near h, a light one (.25) close to a
+    c1, c2 = [0.5, 0.3, np.sqrt(0.66)], [0.2, 0.9, np.sqrt(0.15)]
+    profiles = TasteProfiles(np.array([[c1, c2]], np.float32), np.array([[0.75, 0.25]],
+                             np.float32), np.array([False]), np.array([False]))
+    ids, scores = matcher.match(profiles, 3)
+    # h: .05 log(.75 e^(.5/.05) + .25 e^(.2/.05)); a: .05 log(.75 e^6 + .25 e^18)
+    expected = {"h": 0.05 * np.log(0.75 * np.exp(10) + 0.25 * np.exp(4)),
+                "a": 0.05 * np.log(0.75 * np.exp(6) + 0.25 * np.exp(18)),
+                "b": 0.05 * np.log(0.75 * np.exp(20 * np.sqrt(0.66))
+                                   + 0.25 * np.exp(20 * np.sqrt(0.15)))}
+    assert ids[0].tolist() == sorted(expected, key=expected.get, reverse=True)
+    assert scores[0] == pytest.approx(sorted(expected.values(), reverse=True), abs=1e-5)
+    # a single centroid is matched like its vector
+    single = TasteProfiles(np.array([[c1]], np.float32), np.ones((1, 1), np.float32),
+                           np.array([False]), np.array([False]))
+    assert np.array_equal(matcher.match(single, 3)[0], matcher.match(np.array([c1]), 3)[0])
+
+
+def test_hubness_is_learned_on_the_fit_population_and_saved(tmp_path):
+    from recsys.interactions import Interactions
+
+    library = StyleLibrary.from_folder(_library(tmp_path))
+    rng = np.random.default_rng(2)
+    styles, items = rng.normal(size=(4, DIM)), rng.normal(size=(12, DIM))
+    item_ids = [f"i{j}" for j in range(12)]
+    log = Interactions.from_frame(pd.DataFrame({
+        "user_id": np.repeat(["u0", "u1", "u2"], 4), "item_id": item_ids,
+        "t": pd.date_range("2020-01-01", periods=12, freq="D")}), time_col="t")
+    params = {"hubness": "csls", "hub_k": 2, "max_centroids": 2, "items_per_centroid": 2}
+    matcher = AestheticMatcher(**params).fit(library, styles, items, interactions=log,
+                                             item_ids=item_ids)
+    assert matcher.population_ == 6  # 3 users x 2 centroids
+    taste = matcher.taste_model().fit(log, item_ids, matcher.item_vectors(items))
+    cos = taste.vectors_ @ matcher.style_vectors_.T
+    assert -matcher.hub_offset_ == pytest.approx(np.sort(cos, 0)[-2:].mean(0), abs=1e-5)
+    by_items = AestheticMatcher(**params).fit(library, styles, items)
+    assert by_items.population_ == 12
+    profiles = taste.transform(["u0", "u1", "u2"])
+    loaded = AestheticMatcher.load(matcher.save(tmp_path / "matcher"))
+    assert loaded.get_params() == matcher.get_params()
+    for a, b in zip(loaded.match(profiles, 4), matcher.match(profiles, 4), strict=True):
+        assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="item_ids"):
+        AestheticMatcher(**params).fit(library, styles, items, interactions=log)
+
+
 def test_arbitrary_styler_takes_a_precomputed_style_vector():
     from stylers.registry import create_styler
 
@@ -211,3 +291,44 @@ def test_split_halves_never_cuts_a_day():
     older, newer = split_halves(frame, "unit", "day")
     assert older["day"].dt.day.tolist() == [1, 1, 2] and newer["day"].dt.day.tolist() == [3, 3]
     assert "v" not in set(older["unit"]) | set(newer["unit"])  # a single day: no halves
+
+
+def test_style_match_round_trips_through_the_spec_and_fits(tmp_path):
+    from doubles import ColourEncoder
+
+    from recsys.catalog import Catalog
+    from recsys.interactions import Interactions
+    from recsys.recommender import StyleRecommender
+    from recsys.spec import PipelineSpec, SpecError
+
+    params = {"hubness": "csls", "hub_k": 3, "max_centroids": 2, "items_per_centroid": 2}
+    spec = PipelineSpec.from_dict({"ranker": {"name": "blend", "params": {"taste_weight": 0.5}},
+                                   "encoder": {"embedding_dim": None},
+                                   "style_match": {"params": params}}).validate()
+    model = StyleRecommender.from_params(spec)
+    assert (model.style_encoder, model.style_params) == ("aesthetic", params)
+    assert model.get_params() == spec.to_dict()
+    assert StyleRecommender.from_params(model.get_params()).style_params == params
+
+    colours = {"red": (200, 30, 30), "blue": (30, 40, 200)}
+    for c, rgb in colours.items():
+        for j in range(4):
+            _product(tuple(v + 6 * j for v in rgb)).save(tmp_path / f"{c}{j}.png")
+        (tmp_path / "styles").mkdir(exist_ok=True)
+        Image.new("RGB", (64, 64), rgb).save(tmp_path / "styles" / f"{c}-style.png")
+    rows = [(f"{c}{u}", f"{c}{j}", f"2020-01-0{j + 1}") for c in colours for u in range(3)
+            for j in range(4)]
+    data = Interactions.from_frame(pd.DataFrame(rows, columns=["user_id", "item_id", "t"]),
+                                   time_col="t")
+    model.encoder = ColourEncoder(grid=2)
+    model.fit(data, Catalog.from_directory(tmp_path, pattern="*.png"), tmp_path / "styles")
+    matcher = model.styles_
+    assert matcher.get_params() | params == matcher.get_params()  # the spec's parameters
+    assert matcher.population_ == 12  # 6 users x 2 centroids of their 4 items
+    slates = model.recommend(["red0", "blue1"], k=2)
+    assert [s.style.style_id for s in slates] == ["red-style", "blue-style"]
+    loaded = StyleRecommender.load(model.save(tmp_path / "model"))
+    assert loaded.get_params()["style_match"] == {"encoder": "aesthetic", "params": params}
+    bad = {"data": {"images": "img"}, "styles": "s", "style_match": {"params": {"hub_k": "x"}}}
+    with pytest.raises(SpecError, match="style_match.params.hub_k: expected int"):
+        PipelineSpec.from_dict(bad).validate()
