@@ -730,6 +730,15 @@ class AestheticMatcher:
                                         tuple(float(w) for w in weights)))
         return styles
 
+    def mix_vector(self, mix: Sequence[tuple[str, float]]) -> np.ndarray:
+        """The Magenta vector ``[100]`` of a mix of references ``[(style_id, weight), ...]``
+        (a :class:`PersonalStyle`'s, or ``StyleMatch.mix`` of a slate)."""
+        if self.magenta_ is None:
+            raise RuntimeError("fit the matcher with magenta_vectors for personal styles")
+        row_of = {s: i for i, s in enumerate(self.style_ids_)}
+        weights = np.array([w for _, w in mix], np.float32)
+        return (weights @ self.magenta_[[row_of[s] for s, _ in mix]]).astype(np.float32)
+
     def save(self, path: str | Path) -> Path:
         """Write the fitted matcher to the folder ``path`` (JSON + npz + FAISS; no pickle)."""
         with atomic_directory(path, "matcher.json") as tmp:

@@ -517,7 +517,8 @@ class StyleRecommender:
             items, are not recommended.
         render : bool
             Render each entry in the user's matched style (needs ``renderer``
-            and style references).
+            and style references): their personal mix when the renderer's styler
+            takes a style code, the nearest reference otherwise.
 
         Returns
         -------
@@ -647,19 +648,30 @@ class StyleRecommender:
                 ) -> tuple[list[list[str | None]], list[list[str | None]]]:
         """Rendered image paths of every entry (one ``renderer.render`` call for the
         batch) and why an entry was not rendered (its item or style image is missing,
-        changed since fit, or outside its root; reported, the others still render)."""
+        changed since fit, or outside its root; reported, the others still render).
+
+        A styler with a continuous style code (``style_code_dim``, the Magenta vector)
+        renders the user's personal mix; others the nearest reference's image."""
         problems = {}
         pairs, skipped = [], []
+        code_dim = getattr(getattr(self.renderer, "styler", None), "style_code_dim", None)
         for row, style in zip(items, styles, strict=True):
+            mixed = bool(style.mix) and code_dim == self.styles_.magenta_.shape[1]
+            images = [(self.item_paths_[str(item)], "items") for item in row]
+            if not mixed:
+                images.append((style.path, "styles"))
+            for image, root in images:
+                if image not in problems:
+                    problems[image] = self._image_problem(image, root)
+            style_problem = None if mixed else problems[style.path]
+            target = ((_mix_label(style.mix), self.styles_.mix_vector(style.mix)) if mixed
+                      else (style.style_id, style.path))
             for item in row:
                 path = self.item_paths_[str(item)]
-                for image, root in ((path, "items"), (style.path, "styles")):
-                    if image not in problems:
-                        problems[image] = self._image_problem(image, root)
-                problem = problems[path] or problems[style.path]
+                problem = problems[path] or style_problem
                 skipped.append(problem)
                 if problem is None:
-                    pairs.append((str(item), path, style.style_id, style.path))
+                    pairs.append((str(item), path, *target))
         for image, problem in problems.items():
             if problem:
                 log.warning("not rendering with %s: %s", image, problem)
@@ -765,6 +777,11 @@ class StyleRecommender:
                              f"{' '.join(str(err).split())[:300]}); fit it again") from err
         model._index_columns()
         return model
+
+
+def _mix_label(mix: tuple[tuple[str, float], ...]) -> str:
+    """The style id of a rendered mix, e.g. ``mix:wave=0.70+kiss=0.30``."""
+    return "mix:" + "+".join(f"{s}={w:.2f}" for s, w in mix)
 
 
 def _style_library(styles: Any) -> Any:

@@ -26,6 +26,7 @@ from recsys.aesthetic import (
     palette_histogram,
 )
 from stylers.adaptive import AdaptiveStyler, plain_background
+from stylers.base import Styler
 from stylers.colorspace import rgb_to_lab
 
 DIM = sum(AestheticEncoder.block_sizes.values())
@@ -293,11 +294,75 @@ def test_split_halves_never_cuts_a_day():
     assert "v" not in set(older["unit"]) | set(newer["unit"])  # a single day: no halves
 
 
-def test_style_match_round_trips_through_the_spec_and_fits(tmp_path):
-    from doubles import ColourEncoder
+class _CodeStyler(Styler):
+    """Paints the product in its style's colour: a style image's mean RGB, or the first three
+    values of a style code; records the codes it was given."""
 
+    name = "test-code"
+
+    def __init__(self, code_dim: int = 3):
+        super().__init__()
+        self.style_code_dim = code_dim
+        self.codes: list[torch.Tensor] = []
+
+    @property
+    def params(self) -> dict:
+        return {"code_dim": self.style_code_dim}
+
+    def stylize(self, content, style):
+        if style.ndim == 2:
+            self.codes.append(style.clone())
+            colour = style[:, :3]
+        else:
+            content, style = self.check_inputs(content, style)
+            colour = style.mean((2, 3))
+        return colour[:, :, None, None].expand_as(content).clamp(0, 1)
+
+
+def test_renderer_renders_a_style_code_and_keys_the_cache_on_it(tmp_path):
+    from stylers.renderer import Renderer
+
+    _product((200, 30, 30)).save(tmp_path / "item.png")
+    Image.new("RGB", (16, 16), (0, 0, 255)).save(tmp_path / "blue.png")
+    renderer = Renderer(_CodeStyler(), tmp_path / "renders", device="cpu", progress=False)
+    code = np.array([0.2, 0.4, 0.6], np.float32)
+    item = tmp_path / "item.png"
+    by_code, by_image = renderer.render([("i", item, "mix", code),
+                                         ("i", item, "blue", tmp_path / "blue.png")])
+    pixel = np.asarray(Image.open(by_code))[0, 0]
+    assert pixel.tolist() == [51, 102, 153]  # the code's colour, 0.2/0.4/0.6 x 255
+    assert np.asarray(Image.open(by_image))[0, 0].tolist() == [0, 0, 255]
+    assert renderer.render([("i", item, "mix", torch.from_numpy(code))]) == [by_code]
+    assert renderer.stats["hits"] == 1 and len(renderer.styler.codes) == 1
+    other = renderer.render([("i", item, "mix", code + 0.2)])[0]
+    assert other != by_code and np.asarray(Image.open(other))[0, 0].tolist() == [102, 153, 204]
+    with pytest.raises(ValueError, match="takes style codes of size 3, got one of size 4"):
+        renderer.render([("i", item, "mix", np.zeros(4))])
+
+
+@pytest.fixture(scope="module")
+def colour_shop(tmp_path_factory):
+    """Red and blue products on white, a red and a blue style, 3 shoppers of each colour."""
     from recsys.catalog import Catalog
     from recsys.interactions import Interactions
+
+    root = tmp_path_factory.mktemp("colour-shop")
+    colours = {"red": (200, 30, 30), "blue": (30, 40, 200)}
+    (root / "styles").mkdir()
+    for c, rgb in colours.items():
+        for j in range(4):
+            _product(tuple(v + 6 * j for v in rgb)).save(root / f"{c}{j}.png")
+        Image.new("RGB", (64, 64), rgb).save(root / "styles" / f"{c}-style.png")
+    rows = [(f"{c}{u}", f"{c}{j}", f"2020-01-0{j + 1}") for c in colours for u in range(3)
+            for j in range(4)]
+    data = Interactions.from_frame(pd.DataFrame(rows, columns=["user_id", "item_id", "t"]),
+                                   time_col="t")
+    return {"root": root, "data": data, "catalog": Catalog.from_directory(root, pattern="*.png")}
+
+
+def test_style_match_round_trips_through_the_spec_and_fits(colour_shop, tmp_path):
+    from doubles import ColourEncoder
+
     from recsys.recommender import StyleRecommender
     from recsys.spec import PipelineSpec, SpecError
 
@@ -310,18 +375,8 @@ def test_style_match_round_trips_through_the_spec_and_fits(tmp_path):
     assert model.get_params() == spec.to_dict()
     assert StyleRecommender.from_params(model.get_params()).style_params == params
 
-    colours = {"red": (200, 30, 30), "blue": (30, 40, 200)}
-    for c, rgb in colours.items():
-        for j in range(4):
-            _product(tuple(v + 6 * j for v in rgb)).save(tmp_path / f"{c}{j}.png")
-        (tmp_path / "styles").mkdir(exist_ok=True)
-        Image.new("RGB", (64, 64), rgb).save(tmp_path / "styles" / f"{c}-style.png")
-    rows = [(f"{c}{u}", f"{c}{j}", f"2020-01-0{j + 1}") for c in colours for u in range(3)
-            for j in range(4)]
-    data = Interactions.from_frame(pd.DataFrame(rows, columns=["user_id", "item_id", "t"]),
-                                   time_col="t")
     model.encoder = ColourEncoder(grid=2)
-    model.fit(data, Catalog.from_directory(tmp_path, pattern="*.png"), tmp_path / "styles")
+    model.fit(colour_shop["data"], colour_shop["catalog"], colour_shop["root"] / "styles")
     matcher = model.styles_
     assert matcher.get_params() | params == matcher.get_params()  # the spec's parameters
     assert matcher.population_ == 12  # 6 users x 2 centroids of their 4 items
@@ -332,3 +387,21 @@ def test_style_match_round_trips_through_the_spec_and_fits(tmp_path):
     bad = {"data": {"images": "img"}, "styles": "s", "style_match": {"params": {"hub_k": "x"}}}
     with pytest.raises(SpecError, match="style_match.params.hub_k: expected int"):
         PipelineSpec.from_dict(bad).validate()
+
+    # rendering: the personal mix for a styler with a Magenta-sized code, else the nearest
+    from stylers.renderer import Renderer
+
+    model.renderer = Renderer(_CodeStyler(100), tmp_path / "renders", device="cpu",
+                              progress=False)
+    slate = model.recommend(["red0"], k=2, render=True)[0]
+    codes = model.renderer.styler.codes
+    assert len(slate.style.mix) == 2 and len(codes) == 1  # one mix, both items in one batch
+    row = {style: i for i, style in enumerate(matcher.style_ids_)}
+    expected = sum(w * matcher.magenta_[row[style]] for style, w in slate.style.mix)
+    assert np.allclose(codes[0][0].numpy(), expected, atol=1e-5)
+    assert all(e.image is not None for e in slate.entries)
+    model.renderer = Renderer(_CodeStyler(3), tmp_path / "renders", device="cpu",
+                              progress=False)
+    slate = model.recommend(["blue1"], k=1, render=True)[0]
+    assert not model.renderer.styler.codes  # no 100-d code: the nearest reference's image
+    assert np.asarray(Image.open(slate.entries[0].image))[0, 0].tolist() == [30, 40, 200]
