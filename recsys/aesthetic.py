@@ -480,7 +480,7 @@ class PersonalStyle:
     weights: tuple[float, ...]
 
 
-HUBNESS = ("csls", "zscore")
+HUBNESS = ("csls", "zscore", "isoftmax")
 
 
 class AestheticMatcher:
@@ -499,7 +499,13 @@ class AestheticMatcher:
         user's ranking, but the score keeps its definition);
     ``"zscore"``
         ``(cos(u, s) - mean_s) / std_s`` with each reference's mean and standard
-        deviation of the cosine over the population.
+        deviation of the cosine over the population;
+    ``"isoftmax"``
+        inverted softmax (Smith et al. 2017, "Offline bilingual word vectors, orthogonal
+        transformations and the inverted softmax"): the log of a softmax over the
+        population, ``cos(u, s) - t log mean_v exp(cos(v, s) / t)`` with
+        ``t = hub_temperature``; a small ``t`` subtracts the reference's best cosine to
+        the population, a large one its mean.
 
     Either is a per-reference scale and offset, so the FAISS index holds
     ``[a_s · s, b_s]`` and is queried with ``[u, 1]``: any factory string still works.
@@ -526,6 +532,8 @@ class AestheticMatcher:
         Hubness correction of the score (see above); ``None``: the plain cosine.
     hub_k : int
         Neighbourhood size of ``"csls"`` (capped at the population and the library).
+    hub_temperature : float
+        Temperature of ``"isoftmax"``.
     max_centroids : int
         Most aesthetic vectors per user (:meth:`taste_model`): 1 is the weighted mean of
         their items; more is a weighted k-means with one centroid per
@@ -562,8 +570,8 @@ class AestheticMatcher:
     def __init__(self, block_weights: Mapping[str, float] | None = None, center: bool = True,
                  factory: str = "Flat", mix_k: int = 3, temperature: float = 0.05,
                  half_life_days: float | None = None, standardise_palette: bool = False,
-                 hubness: str | None = None, hub_k: int = 10, max_centroids: int = 1,
-                 items_per_centroid: int = 4) -> None:
+                 hubness: str | None = None, hub_k: int = 10, hub_temperature: float = 0.05,
+                 max_centroids: int = 1, items_per_centroid: int = 4) -> None:
         self.block_weights = dict(block_weights) if block_weights else None
         self.standardise_palette = standardise_palette
         self.half_life_days = half_life_days
@@ -573,6 +581,7 @@ class AestheticMatcher:
         self.temperature = temperature
         self.hubness = hubness
         self.hub_k = hub_k
+        self.hub_temperature = hub_temperature
         self.max_centroids = max_centroids
         self.items_per_centroid = items_per_centroid
 
@@ -580,9 +589,9 @@ class AestheticMatcher:
         return {k: v for k, v in vars(self).items() if not k.endswith("_")}
 
     def _check_params(self) -> None:
-        if self.mix_k < 1 or not self.temperature > 0:
-            raise ValueError(f"mix_k must be >= 1 and temperature > 0, got {self.mix_k}, "
-                             f"{self.temperature}")
+        if self.mix_k < 1 or not self.temperature > 0 or not self.hub_temperature > 0:
+            raise ValueError(f"mix_k must be >= 1 and temperature, hub_temperature > 0, got "
+                             f"{self.mix_k}, {self.temperature}, {self.hub_temperature}")
         if self.hubness is not None and self.hubness not in HUBNESS:
             raise ValueError(f"hubness must be None or one of {HUBNESS}, got {self.hubness!r}")
         for name in ("hub_k", "max_centroids", "items_per_centroid"):
@@ -644,9 +653,14 @@ class AestheticMatcher:
                 k = min(self.hub_k, len(cos))
                 r_users = -np.partition(-cos, k - 1, axis=0)[:k].mean(0)
                 self.hub_scale_, self.hub_offset_ = np.full(len(r_users), 2.0), -r_users
-            else:
+            elif self.hubness == "zscore":
                 std = cos.std(0) + 1e-6
                 self.hub_scale_, self.hub_offset_ = 1.0 / std, -cos.mean(0) / std
+            else:
+                t = self.hub_temperature
+                top = cos.max(0)
+                lse = top + t * np.log(np.exp((cos - top) / t).mean(0))
+                self.hub_scale_, self.hub_offset_ = np.ones(len(lse)), -lse
             self.hub_scale_ = self.hub_scale_.astype(np.float32)
             self.hub_offset_ = self.hub_offset_.astype(np.float32)
             vectors = np.hstack([vectors * self.hub_scale_[:, None], self.hub_offset_[:, None]])

@@ -160,6 +160,12 @@ def test_csls_demotes_the_hub_with_hand_computed_scores():
     ids, scores = z.match(users, 2)
     assert ids[:, 0].tolist() == ["h", "a", "b"]
     assert scores[1, 1] == pytest.approx((0.8 - 2.6 / 3) / np.std([1, 0.8, 0.8]), abs=1e-4)
+    # inverted softmax at t = .1: h's offset .1 log((e^10 + 2 e^8) / 3) = .914;
+    # u2: a .6 - .1 log((e^6 + 2) / 3) = .109 beats h .8 - .914
+    inv, _ = _toy_matcher("isoftmax", hub_temperature=0.1)
+    assert -inv.hub_offset_[0] == pytest.approx(0.1 * np.log((np.exp(10) + 2 * np.exp(8)) / 3),
+                                                abs=1e-5)
+    assert inv.match(users, 1)[0][:, 0].tolist() == ["h", "a", "b"]
     with pytest.raises(ValueError, match="hubness must be"):
         AestheticMatcher(hubness="inverted")._check_params()
 
