@@ -83,6 +83,7 @@ from .taste import TasteModel, TasteProfiles
 log = logging.getLogger(__name__)
 
 BLOCKS = ("palette", "texture", "style")
+CLIP_BLOCK = "clip"  # the optional fourth block: OpenCLIP text-anchor similarities
 FORMAT_VERSION = 2
 _L_BINS, _AB_BINS, _AB_RANGE = 5, 7, 60.0
 _TEXTURE_CHANNELS = (32, 16, 24)  # stem, block 0 (stage 1), block 2 (end of stage 2)
@@ -185,6 +186,13 @@ class AestheticEncoder(ImageEncoder):
     The output ``[n, 245 + 144 + 100]`` holds the three blocks in :data:`BLOCKS`
     order, each L2-normalised and scaled by ``1/sqrt(3)``; :meth:`split` recovers them.
 
+    With an OpenCLIP checkpoint (a local file; nothing is downloaded) a fourth block,
+    ``clip``, holds the cosines of the subject's CLIP image embedding (its bounding box
+    at the model's input size) to text anchors (``encode_text`` of ``anchor_prompt``
+    filled with each of ``anchors``: "minimalist", "floral", "bohemian", ...): an
+    aesthetic named in words, comparable between a product and an artwork. Blocks are
+    then scaled by ``1/2``. Not evaluated against real CLIP weights (none offline here).
+
     Parameters
     ----------
     image_size : int
@@ -192,6 +200,12 @@ class AestheticEncoder(ImageEncoder):
     plain_threshold : float
         Border uniformity above which the image is a product on a plain backdrop and
         only its foreground counts (:func:`stylers.adaptive.plain_background`).
+    clip_model, clip_checkpoint : str, optional
+        An open_clip model name and a local weights file for it: adds the ``clip`` block.
+    anchors : sequence of str
+        The text anchors of the ``clip`` block.
+    anchor_prompt : str
+        Template each anchor fills.
     **kwargs
         Device and pipeline options of :class:`~recsys.encoders.ImageEncoder`.
 
@@ -207,7 +221,9 @@ class AestheticEncoder(ImageEncoder):
                    "style": 100}
 
     def __init__(self, image_size: int = 160, plain_threshold: float = 0.75,
-                 **kwargs: Any) -> None:
+                 clip_model: str | None = None, clip_checkpoint: str | Path | None = None,
+                 anchors: Sequence[str] | None = None,
+                 anchor_prompt: str = "a {} style image", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         from stylers.effnet import default_weights_path, load_backbone
         from stylers.magenta import MagentaStylePredictor, onnx_model_path
@@ -221,13 +237,39 @@ class AestheticEncoder(ImageEncoder):
         self.blocks_ = backbone.blocks[:3].to(self.device_).eval().requires_grad_(False)
         self.predictor_ = MagentaStylePredictor.from_onnx(self._weights[1]).to(self.device_)
         self.predictor_.eval().requires_grad_(False)
+        self.clip_model, self.clip_checkpoint = clip_model, clip_checkpoint
+        self.anchor_prompt = anchor_prompt
+        self.clip_ = None
+        if (clip_model is None) != (clip_checkpoint is None):
+            raise ValueError("the clip block needs both clip_model and clip_checkpoint")
+        if clip_checkpoint is not None:
+            from .encoders.openclip import DEFAULT_STYLE_LABELS, OpenCLIPEncoder
+
+            self.anchors = tuple(anchors or DEFAULT_STYLE_LABELS)
+            self.clip_ = OpenCLIPEncoder(clip_model, checkpoint=clip_checkpoint,
+                                         device=str(self.device_), num_workers=0)
+            self.anchor_vectors_ = torch.from_numpy(
+                self.clip_.encode_text(self.anchors, anchor_prompt)).to(self.device_)
+            visual = self.clip_.model_.visual
+            from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+            cfg = getattr(visual, "preprocess_cfg", {}) or {}
+            self.clip_mean_, self.clip_std_ = (
+                torch.tensor(cfg.get(k, default), device=self.device_).view(1, 3, 1, 1)
+                for k, default in (("mean", OPENAI_DATASET_MEAN), ("std", OPENAI_DATASET_STD)))
+            self.weights_id_ += "+" + self.clip_.weights_id_
+            self.block_sizes = AestheticEncoder.block_sizes | {CLIP_BLOCK: len(self.anchors)}
 
     @property
     def params(self) -> dict[str, Any]:
-        return {"image_size": self.image_size, "plain_threshold": self.plain_threshold,
-                "palette": f"lab{_L_BINS}x{_AB_BINS}x{_AB_BINS}",
-                "texture": "stem+block0+block2", "mask_size": _MASK_SIZE,
-                "style_size": _STYLE_SIZE}
+        params = {"image_size": self.image_size, "plain_threshold": self.plain_threshold,
+                  "palette": f"lab{_L_BINS}x{_AB_BINS}x{_AB_BINS}",
+                  "texture": "stem+block0+block2", "mask_size": _MASK_SIZE,
+                  "style_size": _STYLE_SIZE}
+        if self.clip_ is not None:
+            params["clip"] = {"model": self.clip_.params, "anchors": list(self.anchors),
+                              "prompt": self.anchor_prompt}
+        return params
 
     @property
     def dim(self) -> int:
@@ -258,24 +300,32 @@ class AestheticEncoder(ImageEncoder):
         texture = torch.cat([_masked_stats(f, mask) for f in (stem, block0, block2)], dim=1)
         style = self.predictor_(_bbox_crops(x, mask, _STYLE_SIZE))
         blocks = [palette.sqrt(), texture, style]
+        if self.clip_ is not None:
+            crops = _bbox_crops(x, mask, self.clip_.draft_size)
+            image = self.clip_.model_.encode_image((crops - self.clip_mean_) / self.clip_std_)
+            blocks.append(F.normalize(image.float(), dim=1) @ self.anchor_vectors_.T)
         scale = 1.0 / math.sqrt(len(blocks))
         return torch.cat([scale * F.normalize(b, dim=1) for b in blocks], dim=1)
 
     @classmethod
     def split(cls, vectors: np.ndarray) -> dict[str, np.ndarray]:
-        """The blocks of encoded ``[n, dim]`` vectors, each back to unit norm."""
+        """The blocks of encoded ``[n, dim]`` vectors, each back to unit norm (columns
+        beyond the three fixed blocks are the ``clip`` block)."""
+        sizes = dict(AestheticEncoder.block_sizes)
+        extra = vectors.shape[1] - sum(sizes.values())
+        if extra < 0:
+            raise ValueError(f"aesthetic vectors have {vectors.shape[1]} columns, expected at "
+                             f"least {sum(sizes.values())}")
+        if extra:
+            sizes[CLIP_BLOCK] = extra
         out, start = {}, 0
-        for name in BLOCKS:
-            size = cls.block_sizes[name]
-            out[name] = vectors[:, start:start + size] * math.sqrt(len(BLOCKS))
+        for name, size in sizes.items():
+            out[name] = vectors[:, start:start + size] * math.sqrt(len(sizes))
             start += size
-        if start != vectors.shape[1]:
-            raise ValueError(f"aesthetic vectors have {vectors.shape[1]} columns, "
-                             f"expected {start}")
         return out
 
 
-DEFAULT_BLOCK_WEIGHTS = {"palette": 2.0, "texture": 0.5, "style": 0.5}
+DEFAULT_BLOCK_WEIGHTS = {"palette": 2.0, "texture": 0.5, "style": 0.5, CLIP_BLOCK: 0.5}
 
 
 class AestheticSpace:
@@ -313,10 +363,11 @@ class AestheticSpace:
 
     def _weights(self) -> dict[str, float]:
         weights = DEFAULT_BLOCK_WEIGHTS | (self.block_weights or {})
-        unknown = set(weights) - set(BLOCKS)
-        if unknown or any(w < 0 for w in weights.values()) or not sum(weights.values()) > 0:
-            raise ValueError(f"block_weights must be non-negative weights of {BLOCKS} with a "
-                             f"positive sum, got {self.block_weights}")
+        unknown = set(weights) - {*BLOCKS, CLIP_BLOCK}
+        if unknown or any(w < 0 for w in weights.values()) or not sum(
+                weights[b] for b in BLOCKS) > 0:
+            raise ValueError(f"block_weights must be non-negative weights of {BLOCKS} (and "
+                             f"{CLIP_BLOCK!r}) with a positive sum, got {self.block_weights}")
         return weights
 
     def fit(self, item_vectors: np.ndarray, style_vectors: np.ndarray) -> AestheticSpace:
@@ -341,9 +392,9 @@ class AestheticSpace:
             raise ValueError(f"domain must be 'items' or 'styles', got {domain!r}")
         z = (np.asarray(vectors, np.float64) - self.means_[domain]) / self.scale_
         weights = self._weights()
-        total = sum(weights.values())
         parts = AestheticEncoder.split(z)
-        out = [math.sqrt(weights[name] / total) * _unit(parts[name]) for name in BLOCKS]
+        total = sum(weights[name] for name in parts)
+        out = [math.sqrt(weights[name] / total) * _unit(parts[name]) for name in parts]
         return np.concatenate(out, axis=1).astype(np.float32)
 
     def arrays(self) -> dict[str, np.ndarray]:

@@ -57,6 +57,13 @@ def add_style_report_parser(subparsers: argparse._SubParsersAction) -> argparse.
     p.add_argument("--half-life-days", type=float, default=60.0)
     p.add_argument("--block-weight", action="append", default=[], metavar="BLOCK=W",
                    help="weight of an aesthetic block (palette, texture, style) in the match")
+    p.add_argument("--hubness", choices=("none", "csls", "zscore", "isoftmax"),
+                   help="hubness correction of the match (default: the matcher's)")
+    p.add_argument("--hub-k", type=int, help="neighbourhood of --hubness csls")
+    p.add_argument("--hub-temperature", type=float, help="temperature of --hubness isoftmax")
+    p.add_argument("--max-centroids", type=int,
+                   help="aesthetic vectors per shopper (1: the weighted mean)")
+    p.add_argument("--items-per-centroid", type=int)
     p.add_argument("--shoppers", type=int, default=6, help="shoppers shown with renders")
     p.add_argument("--render-items", type=int, default=2, help="renders per shopper")
     p.add_argument("--quality-pairs", type=int, default=3,
@@ -88,7 +95,8 @@ def run_style_report(args: argparse.Namespace) -> int:
         transactions, articles, args.images, library, args.cache_dir, windows=args.windows,
         window_days=args.window_days, history_days=args.history_days,
         half_life_days=args.half_life_days, threads=args.threads,
-        block_weights={k: float(v) for k, v in (w.split("=", 1) for w in args.block_weight)})
+        block_weights={k: float(v) for k, v in (w.split("=", 1) for w in args.block_weight)},
+        matcher_params=_matcher_params(args))
     result["params"].update({"transactions": str(args.transactions), "images": str(args.images),
                              "styles": str(args.styles), "seed": args.seed})
     args.out.mkdir(parents=True, exist_ok=True)
@@ -103,6 +111,16 @@ def run_style_report(args: argparse.Namespace) -> int:
     page = _write_page(result, shown, renders, library, args)
     print(_summary(result) + f"\n-> {page}")
     return 0
+
+
+def _matcher_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The matcher options given on the command line (the others keep their defaults)."""
+    given = {name: getattr(args, name) for name in ("hubness", "hub_k", "hub_temperature",
+                                                    "max_centroids", "items_per_centroid")}
+    params = {k: v for k, v in given.items() if v is not None}
+    if params.get("hubness") == "none":
+        params["hubness"] = None
+    return params
 
 
 def _image_tensor(path: str | Path, max_side: int = 384) -> Any:

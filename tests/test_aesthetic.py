@@ -19,6 +19,7 @@ from evaluation.style_fit import (
     stability,
 )
 from recsys.aesthetic import (
+    BLOCKS,
     AestheticEncoder,
     AestheticMatcher,
     AestheticSpace,
@@ -411,3 +412,38 @@ def test_style_match_round_trips_through_the_spec_and_fits(colour_shop, tmp_path
     slate = model.recommend(["blue1"], k=1, render=True)[0]
     assert not model.renderer.styler.codes  # no 100-d code: the nearest reference's image
     assert np.asarray(Image.open(slate.entries[0].image))[0, 0].tolist() == [30, 40, 200]
+
+
+def test_clip_text_anchors_are_an_optional_fourth_block(tiny_clip, tmp_path, encoder):
+    """The plumbing only: a tiny randomly initialised OpenCLIP model saved to a file."""
+    from recsys.encoders.openclip import OpenCLIPEncoder
+
+    random = OpenCLIPEncoder(tiny_clip, allow_random=True, seed=1, device="cpu")
+    torch.save(random.model_.state_dict(), tmp_path / "tiny.pt")
+    anchors = ("minimalist", "floral", "bohemian")
+    clip = AestheticEncoder(clip_model=tiny_clip, clip_checkpoint=tmp_path / "tiny.pt",
+                            anchors=anchors, device="cpu", num_workers=0)
+    assert clip.dim == DIM + 3 and clip.encoder_id != encoder.encoder_id
+    poster = Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 64, 3), np.uint8))
+    v = clip.encode([poster], progress=False)
+    blocks = AestheticEncoder.split(v)
+    assert list(blocks) == [*BLOCKS, "clip"] and np.allclose(np.linalg.norm(v), 1, atol=1e-5)
+    # the same three blocks as without CLIP; the fourth: cosines to the anchor texts
+    base = AestheticEncoder.split(encoder.encode([poster], progress=False))
+    for name in BLOCKS:
+        assert np.allclose(blocks[name], base[name], atol=1e-5)
+    x = clip.preprocess(poster).permute(2, 0, 1)[None].float() / 255  # full bleed: all of it
+    x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", antialias=True,
+                                        align_corners=False)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        image = torch.nn.functional.normalize(random.model_.encode_image((x - mean) / std))
+    cosines = image.numpy() @ random.encode_text(anchors, "a {} style image").T
+    assert np.allclose(blocks["clip"], cosines / np.linalg.norm(cosines), atol=1e-4)
+    # the space takes the block (centred like texture and style) or leaves it out
+    items = np.concatenate([v, v + 0.01])
+    space = AestheticSpace({"clip": 0}).fit(items, items)
+    assert np.allclose(space.transform(items, "items")[:, DIM:], 0)
+    with pytest.raises(ValueError, match="both clip_model and clip_checkpoint"):
+        AestheticEncoder(clip_model=tiny_clip, device="cpu")
