@@ -29,14 +29,16 @@ brushwork differ by domain; what can match is how each departs from its
 domain's average), scales their dimensions to unit variance, and re-normalises
 every block with its weight, so no block dominates by its size: a cosine in the
 space is the weighted mean of the blocks' cosines. The default weights (palette
-2, texture 0.5, style 0.5) were chosen on the 300 demo shoppers
+4, texture 0.5, style 0.5) were chosen on the 300 demo shoppers
 (``docs/aesthetic.md``).
 
 :class:`StyleLibrary` is a folder of references with a ``styles.csv``;
 :class:`AestheticMatcher` indexes it with FAISS, matches users' aesthetic
 vectors (from :class:`~recsys.taste.TasteModel` on the item vectors: confidence
-and recency weights, optional centroids) and mixes a personal Magenta style
-vector from each user's top-k references.
+and recency weights, optional centroids) with a hubness correction learned on a
+population of users (a few dark or white-ground references would otherwise be
+everyone's nearest), and mixes a personal Magenta style vector from each user's
+top-k references.
 
 Examples
 --------
@@ -325,7 +327,7 @@ class AestheticEncoder(ImageEncoder):
         return out
 
 
-DEFAULT_BLOCK_WEIGHTS = {"palette": 2.0, "texture": 0.5, "style": 0.5, CLIP_BLOCK: 0.5}
+DEFAULT_BLOCK_WEIGHTS = {"palette": 4.0, "texture": 0.5, "style": 0.5, CLIP_BLOCK: 0.5}
 
 
 class AestheticSpace:
@@ -579,8 +581,10 @@ class AestheticMatcher:
         Recency half-life of users' aesthetic vectors (:meth:`taste_model`); needs a
         time on every event, so the default is none (any log works); the study in
         ``docs/aesthetic.md`` uses 60 days.
-    hubness : {None, "csls", "zscore"}
-        Hubness correction of the score (see above); ``None``: the plain cosine.
+    hubness : {"isoftmax", "csls", "zscore", None}
+        Hubness correction of the score (see above); ``None``: the plain cosine. The
+        default (inverted softmax at ``hub_temperature=0.01``) was chosen on the 300 demo
+        shoppers (``docs/aesthetic.md``).
     hub_k : int
         Neighbourhood size of ``"csls"`` (capped at the population and the library).
     hub_temperature : float
@@ -621,7 +625,8 @@ class AestheticMatcher:
     def __init__(self, block_weights: Mapping[str, float] | None = None, center: bool = True,
                  factory: str = "Flat", mix_k: int = 3, temperature: float = 0.05,
                  half_life_days: float | None = None, standardise_palette: bool = False,
-                 hubness: str | None = None, hub_k: int = 10, hub_temperature: float = 0.05,
+                 hubness: str | None = "isoftmax", hub_k: int = 10,
+                 hub_temperature: float = 0.01,
                  max_centroids: int = 1, items_per_centroid: int = 4) -> None:
         self.block_weights = dict(block_weights) if block_weights else None
         self.standardise_palette = standardise_palette

@@ -14,6 +14,8 @@ Examples
 >>> args = parser.parse_args(["style-report", "--windows", "4"])
 >>> args.func is run_style_report, args.windows, args.styles.name
 (True, 4, 'styles')
+>>> _matcher_params(parser.parse_args(["style-report", "--hubness", "none", "--hub-k", "5"]))
+{'hubness': None, 'hub_k': 5}
 """
 
 from __future__ import annotations
@@ -204,7 +206,10 @@ def _save(image: Any, path: Path) -> None:
 
 
 def _summary(result: dict) -> str:
-    lines = []
+    matcher = result["params"]["matcher"]
+    lines = [f"matcher: block weights {result['params']['block_weights']}, hubness "
+             f"{matcher['hubness']} (k {matcher['hub_k']}, temperature "
+             f"{matcher['hub_temperature']}), {matcher['max_centroids']} centroid(s) per shopper"]
     for judge, c in result["colour"].items():
         lines.append(f"colour agreement ({judge}): mean percentile {c['mean_percentile']:.3f} "
                      f"[{c['ci_low']:.3f}, {c['ci_high']:.3f}] over {c['users']} (random 0.5)")
