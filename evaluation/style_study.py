@@ -45,7 +45,7 @@ from evaluation.style_fit import (
     split_halves,
     stability,
 )
-from recsys.aesthetic import AestheticMatcher, StyleLibrary, palette_colours
+from recsys.aesthetic import AestheticEncoder, AestheticMatcher, StyleLibrary, palette_colours
 from recsys.catalog import Catalog
 from recsys.interactions import Interactions
 
@@ -153,7 +153,9 @@ def style_fit_study(
     result: dict[str, Any] = {
         "params": {"windows": windows, "window_days": window_days,
                    "history_days": history_days, "matcher": matcher.get_params(),
-                   "block_weights": matcher.space_._weights(), "near_fraction": near_fraction,
+                   "block_weights": {b: w for b, w in matcher.space_._weights().items()
+                                     if b in AestheticEncoder.split(style_desc[:1])},
+                   "near_fraction": near_fraction,
                    "library": names, "n_styles": len(names), "articles_described": len(item_ids)},
         "colour": colour_agreement({u: histories[u] for u in matches.nearest}, matches.nearest,
                                    judges),
