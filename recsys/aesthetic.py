@@ -704,25 +704,43 @@ class AestheticMatcher:
         if self.hubness is not None:
             if not len(population):
                 raise ValueError("the hubness correction needs a non-empty population")
-            cos = np.asarray(population, np.float32) @ self.style_vectors_.T  # [n_pop, n_styles]
-            if self.hubness == "csls":
-                k = min(self.hub_k, len(cos))
-                r_users = -np.partition(-cos, k - 1, axis=0)[:k].mean(0)
-                self.hub_scale_, self.hub_offset_ = np.full(len(r_users), 2.0), -r_users
-            elif self.hubness == "zscore":
-                std = cos.std(0) + 1e-6
-                self.hub_scale_, self.hub_offset_ = 1.0 / std, -cos.mean(0) / std
-            else:
-                t = self.hub_temperature
-                top = cos.max(0)
-                lse = top + t * np.log(np.exp((cos - top) / t).mean(0))
-                self.hub_scale_, self.hub_offset_ = np.ones(len(lse)), -lse
-            self.hub_scale_ = self.hub_scale_.astype(np.float32)
-            self.hub_offset_ = self.hub_offset_.astype(np.float32)
+            scale, offset = self._population_statistics(np.asarray(population, np.float32))
+            self.hub_scale_, self.hub_offset_ = scale.astype(np.float32), offset.astype(np.float32)
             vectors = np.hstack([vectors * self.hub_scale_[:, None], self.hub_offset_[:, None]])
         self.index_ = StyleIndex(self.factory).fit(self.style_ids_, vectors,
                                                    encoder_id="aesthetic")
         return self
+
+    def _population_statistics(self, population: np.ndarray, chunk: int = 65536
+                               ) -> tuple[np.ndarray, np.ndarray]:
+        """The per-reference scale and offset of the correction, streamed over chunks of the
+        population (millions of users x hundreds of references need not fit in memory)."""
+        n_styles, t = len(self.style_vectors_), self.hub_temperature
+        k = min(self.hub_k, len(population))
+        top = np.full((0, n_styles), -np.inf)  # csls: the k best cosines so far per reference
+        total, squares = np.zeros(n_styles), np.zeros(n_styles)  # zscore
+        peak, mass = np.full(n_styles, -np.inf), np.zeros(n_styles)  # isoftmax: log-sum-exp
+        for start in range(0, len(population), chunk):
+            cos = (population[start:start + chunk] @ self.style_vectors_.T).astype(np.float64)
+            if self.hubness == "csls":
+                both = np.concatenate([top, cos])
+                top = -np.partition(-both, k - 1, axis=0)[:k] if len(both) > k else both
+            elif self.hubness == "zscore":
+                total += cos.sum(0)
+                squares += (cos ** 2).sum(0)
+            else:
+                new_peak = np.maximum(peak, cos.max(0))
+                mass = mass * np.exp((peak - new_peak) / t) + np.exp(
+                    (cos - new_peak) / t).sum(0)
+                peak = new_peak
+        n = len(population)
+        if self.hubness == "csls":
+            return np.full(n_styles, 2.0), -top.mean(0)
+        if self.hubness == "zscore":
+            mean = total / n
+            std = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0)) + 1e-6
+            return 1.0 / std, -mean / std
+        return np.ones(n_styles), -(peak + t * np.log(mass / n))
 
     def taste_model(self) -> TasteModel:
         """The unfitted :class:`~recsys.taste.TasteModel` that turns what users engaged with

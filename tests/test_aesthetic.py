@@ -171,6 +171,27 @@ def test_csls_demotes_the_hub_with_hand_computed_scores():
         AestheticMatcher(hubness="inverted")._check_params()
 
 
+@pytest.mark.parametrize("hubness", ["csls", "zscore", "isoftmax"])
+def test_hubness_statistics_stream_over_chunks_of_the_population(hubness):
+    rng = np.random.default_rng(3)
+    population = _unit_rows(rng.normal(size=(50, 6))).astype(np.float32)
+    matcher = AestheticMatcher(hubness=hubness, hub_k=7, hub_temperature=0.05)
+    matcher.style_vectors_ = _unit_rows(rng.normal(size=(4, 6))).astype(np.float32)
+    whole = matcher._population_statistics(population)
+    for got, expected in zip(matcher._population_statistics(population, chunk=3), whole,
+                             strict=True):
+        assert got == pytest.approx(expected, abs=1e-9)
+    cos = population.astype(np.float64) @ matcher.style_vectors_.T
+    offset = {"csls": -np.sort(cos, 0)[-7:].mean(0),
+              "zscore": -cos.mean(0) / (cos.std(0) + 1e-6),
+              "isoftmax": -0.05 * np.log(np.exp(cos / 0.05).mean(0))}[hubness]
+    assert whole[1] == pytest.approx(offset, abs=1e-6)
+
+
+def _unit_rows(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def test_centroids_pool_by_mass_with_a_log_sum_exp():
     from recsys.taste import TasteProfiles
 
