@@ -560,7 +560,7 @@ class AestheticMatcher:
         ``t = hub_temperature``; a small ``t`` subtracts the reference's best cosine to
         the population, a large one its mean.
 
-    Either is a per-reference scale and offset, so the FAISS index holds
+    Each is a per-reference scale and offset, so the FAISS index holds
     ``[a_s · s, b_s]`` and is queried with ``[u, 1]``: any factory string still works.
 
     Parameters
