@@ -53,12 +53,17 @@ log = logging.getLogger(__name__)
 
 
 def aesthetic_descriptors(ids: list[str], paths: list[str | Path], cache_dir: str | Path,
-                          threads: int | None = 1) -> tuple[list[str], np.ndarray]:
-    """Cached ``aesthetic`` descriptors of images (ids of the unreadable ones dropped)."""
+                          threads: int | None = 1,
+                          encoder_params: Mapping[str, Any] | None = None
+                          ) -> tuple[list[str], np.ndarray]:
+    """Cached ``aesthetic`` descriptors of images (ids of the unreadable ones dropped);
+    ``encoder_params``: :class:`~recsys.aesthetic.AestheticEncoder` options (e.g. the
+    ``clip`` block's model and checkpoint)."""
     from recsys.embedding_store import EmbeddingStore
     from recsys.encoders import create_encoder
 
-    encoder = create_encoder("aesthetic", device="cpu", num_threads=threads, num_workers=1)
+    encoder = create_encoder("aesthetic", device="cpu", num_threads=threads, num_workers=1,
+                             **(encoder_params or {}))
     found = EmbeddingStore(cache_dir, encoder).get_or_compute(ids, paths)
     keep = np.flatnonzero(found.ok)
     return [ids[i] for i in keep], found.vectors[keep]
@@ -113,6 +118,7 @@ def style_fit_study(
     near_fraction: float = 0.1,
     kmeans_judge: bool = True,
     threads: int | None = 1,
+    encoder_params: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the four checks; returns a JSON-ready dict (figures, parameters, per-unit rows).
 
@@ -128,9 +134,9 @@ def style_fit_study(
     log.info("style fit: %d units, %d articles to describe", frame["unit"].nunique(),
              len(needed))
     item_ids, item_desc = aesthetic_descriptors(
-        needed, [catalog.path(i) for i in needed], cache_dir, threads)
+        needed, [catalog.path(i) for i in needed], cache_dir, threads, encoder_params)
     style_ids, style_desc = aesthetic_descriptors(library.ids, library.paths, cache_dir,
-                                                  threads)
+                                                  threads, encoder_params)
     if style_ids != library.ids:
         raise ValueError(f"unreadable style references: {set(library.ids) - set(style_ids)}")
     matcher = AestheticMatcher(block_weights, half_life_days=half_life_days,

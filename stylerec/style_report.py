@@ -66,6 +66,10 @@ def add_style_report_parser(subparsers: argparse._SubParsersAction) -> argparse.
     p.add_argument("--max-centroids", type=int,
                    help="aesthetic vectors per shopper (1: the weighted mean)")
     p.add_argument("--items-per-centroid", type=int)
+    p.add_argument("--clip-model", help="open_clip model name of the optional clip block")
+    p.add_argument("--clip-checkpoint", type=Path,
+                   help="local weights file of --clip-model (adds text-anchor aesthetics; "
+                        "nothing is downloaded)")
     p.add_argument("--shoppers", type=int, default=6, help="shoppers shown with renders")
     p.add_argument("--render-items", type=int, default=2, help="renders per shopper")
     p.add_argument("--quality-pairs", type=int, default=3,
@@ -98,7 +102,9 @@ def run_style_report(args: argparse.Namespace) -> int:
         window_days=args.window_days, history_days=args.history_days,
         half_life_days=args.half_life_days, threads=args.threads,
         block_weights={k: float(v) for k, v in (w.split("=", 1) for w in args.block_weight)},
-        matcher_params=_matcher_params(args))
+        matcher_params=_matcher_params(args),
+        encoder_params={"clip_model": args.clip_model, "clip_checkpoint": args.clip_checkpoint}
+        if args.clip_checkpoint else None)
     result["params"].update({"transactions": str(args.transactions), "images": str(args.images),
                              "styles": str(args.styles), "seed": args.seed})
     args.out.mkdir(parents=True, exist_ok=True)

@@ -468,3 +468,37 @@ def test_clip_text_anchors_are_an_optional_fourth_block(tiny_clip, tmp_path, enc
     assert np.allclose(space.transform(items, "items")[:, DIM:], 0)
     with pytest.raises(ValueError, match="both clip_model and clip_checkpoint"):
         AestheticEncoder(clip_model=tiny_clip, device="cpu")
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # flat styles
+def test_style_fit_study_end_to_end_on_two_colours(tmp_path):
+    """Red shoppers and blue shoppers, a red and a blue reference: every check has a known
+    answer when the matcher works (and the hubness correction is learned on the shoppers)."""
+    from evaluation.style_study import style_fit_study
+
+    colours = {"Red": (200, 30, 30), "Dark Blue": (25, 35, 80)}
+    (tmp_path / "images").mkdir()
+    (tmp_path / "styles").mkdir()
+    rows, articles = [], []
+    for c, (name, rgb) in enumerate(colours.items()):
+        for j in range(4):
+            article = f"0{c}{j}"
+            _product(tuple(min(255, v + 8 * j) for v in rgb)).save(
+                tmp_path / "images" / f"{article}.png")
+            articles.append((article, name))
+        Image.new("RGB", (64, 64), rgb).save(tmp_path / "styles" / f"s{c}.png")
+        for u in range(3):
+            rows += [(f"2020-01-0{j + 1}", f"{name}-{u}", f"0{c}{j}") for j in range(4)]
+    transactions = pd.DataFrame(rows, columns=["t_dat", "customer_id", "article_id"])
+    result = style_fit_study(
+        transactions, pd.DataFrame(articles, columns=["article_id", "colour_group_name"]),
+        tmp_path / "images", StyleLibrary.from_folder(tmp_path / "styles"), tmp_path / "cache")
+    assert result["params"]["matcher"]["hubness"] == "isoftmax"
+    assert {u["unit"][:-2]: u["style"] for u in result["units"]} == {"Red": "s0",
+                                                                   "Dark Blue": "s1"}
+    assert result["colour"]["labels"]["mean_percentile"] == 0.0
+    assert result["colour"]["kmeans"]["mean_percentile"] == 0.0
+    assert result["discrimination"]["normalised_entropy"] == pytest.approx(1.0)
+    assert result["discrimination"]["max_share_over_fair"] == pytest.approx(1.0)
+    # both halves of every history match the same colour: agreement 1, chance 1/2
+    assert (result["stability"]["agreement"], result["stability"]["ratio"]) == (1.0, 2.0)
