@@ -68,6 +68,7 @@ class LoadConfig:
     k: int = 10
     warmup: float = 3.0
     server_workers: int = 1
+    slate_cache: int = 100_000
     startup_timeout: float = 300.0
     seed: int = 0
 
@@ -150,7 +151,8 @@ class _Server:
         env = os.environ | {"PYTHONPATH": str(REPO), "OPENBLAS_NUM_THREADS": "1"}
         cmd = [sys.executable, "-m", "stylerec", "serve", "--model-dir", str(self.cfg.model_dir),
                "--port", str(self.port), "--feedback-log", str(self.log_path), "--no-render",
-               "--workers", str(self.cfg.server_workers)]
+               "--workers", str(self.cfg.server_workers),
+               "--slate-cache", str(self.cfg.slate_cache)]
         with open(self.output, "ab") as out:
             self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
@@ -420,6 +422,8 @@ def add_bench_service_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="share of requests for shoppers the model never saw (default 0.1)")
     p.add_argument("-k", type=int, default=10, help="slate length (default 10)")
     p.add_argument("--server-workers", type=int, default=1, help="server processes (default 1)")
+    p.add_argument("--slate-cache", type=int, default=100_000,
+                   help="the server's --slate-cache (default 100000; 0: every request computed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=REPO / "out" / "bench-service",
                    help="output folder (default: out/bench-service)")
@@ -432,7 +436,8 @@ def cmd_bench_service(args: argparse.Namespace) -> int:
     if not clients or min(clients) < 1 or args.duration <= 0:
         raise ValueError("--clients needs positive integers and --duration > 0")
     cfg = LoadConfig(args.model_dir, args.out, clients, args.duration, args.feedback_clients,
-                     args.new_share, args.k, server_workers=args.server_workers, seed=args.seed)
+                     args.new_share, args.k, server_workers=args.server_workers,
+                     slate_cache=args.slate_cache, seed=args.seed)
     record = run_load_test(cfg, shlex.join(sys.argv))
     text = format_record(record)
     write_bytes_atomic(args.out / "bench-service.json", json.dumps(record, indent=2).encode())

@@ -200,9 +200,9 @@ class Recommender(_IdPositions, ABC):
         if absent:
             raise KeyError(f"user id(s) {absent[:5]} have no events in history")
         # translate history's item indices into this model's; unknown items drop out
-        to_model = _lookup(self._item_pos, history.item_ids, "item", "ignore")
         sub = history.matrix[rows].tocoo()
-        cols = to_model[sub.col]
+        present, at = np.unique(sub.col, return_inverse=True)  # history may hold a catalog
+        cols = _lookup(self._item_pos, history.item_ids[present], "item", "ignore")[at]
         keep = cols >= 0
         rows = sp.csr_matrix(
             (sub.data[keep], (sub.row[keep], cols[keep])),

@@ -216,11 +216,12 @@ class FeedbackLog:
         Returns
         -------
         dict
-            uid -> rows (oldest first), for the users that have any.
+            uid -> rows (oldest first; ``_COLUMNS`` and the log position ``seq``), for
+            the users that have any.
         """
         types, uids = tuple(types), list(dict.fromkeys(uids))
         rows = self._connection().execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM events WHERE received > ? "
+            f"SELECT seq, {', '.join(_COLUMNS)} FROM events WHERE received > ? "
             f"AND uid IN ({', '.join('?' * len(uids))}) "
             f"AND type IN ({', '.join('?' * len(types))}) ORDER BY seq",
             (since, *uids, *types)).fetchall()

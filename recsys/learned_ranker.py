@@ -603,21 +603,30 @@ class LearnedRanker:
         out = [np.full(len(rows), np.nan, np.float32) for _ in IMAGE_FEATURES]
         if not has.any():
             return out
-        r, v = rows[has], self.item_vectors_[vec_row[has]]
-        taste = stats.queries.taste[r]
-        recent_rows = stats.queries.recent[r]
+        r, v, own = rows[has], self.item_vectors_[vec_row[has]], vec_row[has]
+        # per user, not per pair: a pair-wise gather of every recent item's vector costs
+        # pairs x recent x dim (tens of MB for one slate batch)
+        users, at = np.unique(r, return_inverse=True)
+        taste = stats.queries.taste[users]
+        recent_rows = stats.queries.recent[users]
         recent = self.item_vectors_[np.clip(recent_rows, 0, None)] * (recent_rows >= 0)[..., None]
-        sims = np.einsum("pd,prd->pr", v, recent)
-        sims[(recent_rows < 0) | (recent_rows == vec_row[has][:, None])] = np.nan
         lead = _normalise_rows(recent[:, :5].sum(axis=1))
+        sims = np.empty((len(r), recent_rows.shape[1]), np.float32)
+        order = np.argsort(at, kind="stable")
+        bounds = np.searchsorted(at[order], np.arange(len(users) + 1))
+        for u in range(len(users)):
+            pairs = order[bounds[u]:bounds[u + 1]]
+            sims[pairs] = v[pairs] @ recent[u].T
+        sims[(recent_rows[at] < 0) | (recent_rows[at] == own[:, None])] = np.nan
         with np.errstate(all="ignore"):
-            out[0][has] = np.where(np.abs(taste).sum(1) > 0, (v * taste).sum(1), np.nan)
-            out[1][has] = np.where(np.abs(lead).sum(1) > 0, (v * lead).sum(1), np.nan)
+            out[0][has] = np.where(np.abs(taste).sum(1)[at] > 0, (v * taste[at]).sum(1), np.nan)
+            out[1][has] = np.where(np.abs(lead).sum(1)[at] > 0, (v * lead[at]).sum(1), np.nan)
             nearest = np.nanmax(np.where(np.isnan(sims), -np.inf, sims), axis=1)
             out[2][has] = np.where(np.isfinite(nearest), nearest, np.nan)
             if self.style_vectors_ is not None:
                 style = self.style_vectors_[np.argmax(taste @ self.style_vectors_.T, axis=1)]
-                out[3][has] = np.where(np.abs(taste).sum(1) > 0, (v * style).sum(1), np.nan)
+                out[3][has] = np.where(np.abs(taste).sum(1)[at] > 0,
+                                       (v * style[at]).sum(1), np.nan)
         return out
 
     def _train(self, lightgbm: Any, params: dict, examples: list[dict]) -> Any:
@@ -659,6 +668,8 @@ class LearnedRanker:
         self.events_ = interactions
         self.sources_ = self._fit_sources(interactions)
         self._serve_stats = self._stats(interactions)
+        if self.booster_ is not None:
+            self._paths = _path_contributions(self.booster_)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "sources_"):
@@ -737,8 +748,9 @@ class LearnedRanker:
         if contributions and self.booster_ is not None:
             contrib = np.zeros((n, k, len(self.feature_names_) + 1), np.float32)
             if keep.any():
-                contrib[at] = self.booster_.predict(pool.features[order[keep]], num_threads=1,
-                                                    pred_contrib=True)
+                leaves = self.booster_.predict(pool.features[order[keep]], num_threads=1,
+                                               pred_leaf=True).reshape(int(keep.sum()), -1)
+                contrib[at] = self._paths[np.arange(leaves.shape[1]), leaves].sum(axis=1)
         return Ranked(out_ids.astype(str), out_scores, features, contrib)
 
     # -- persistence ----------------------------------------------------------
@@ -816,6 +828,35 @@ class LearnedRanker:
                 strict=True))
         ranker._serve_on(data)
         return ranker
+
+
+def _path_contributions(booster: Any) -> np.ndarray:
+    """Each leaf's contributions ``[n_trees, max_leaves, n_features + 1]`` (root value last).
+
+    Along the path to a leaf, each split's feature is credited with the change of the
+    node value it caused (Saabas; ``treeinterpreter``, XGBoost's ``approx_contribs``);
+    the parts of a row's leaves sum to its score. A look-up after ``pred_leaf``,
+    about 60x cheaper than LightGBM's TreeSHAP ``pred_contrib`` on a served slate.
+    """
+    trees = booster.dump_model()["tree_info"]
+    n_features = booster.num_feature()
+    table = np.zeros((len(trees), max(t["num_leaves"] for t in trees), n_features + 1))
+    for t, tree in enumerate(trees):
+        root = tree["tree_structure"]
+        parts = np.zeros(n_features + 1)
+        parts[-1] = root.get("internal_value", root.get("leaf_value"))
+        stack = [(root, parts)]
+        while stack:
+            node, parts = stack.pop()
+            if "leaf_index" in node or "split_feature" not in node:
+                table[t, node.get("leaf_index", 0)] = parts
+                continue
+            for child in (node["left_child"], node["right_child"]):
+                value = child.get("internal_value", child.get("leaf_value"))
+                step = parts.copy()
+                step[node["split_feature"]] += value - node["internal_value"]
+                stack.append((child, step))
+    return table
 
 
 def _slates(pool: Pool, score: np.ndarray, n_users: int, k: int) -> list[list[str]]:

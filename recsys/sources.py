@@ -158,32 +158,29 @@ class _Histories:
         self.spans = {users[s]: (s, e) for s, e in zip(bounds[:-1], bounds[1:], strict=True)}
         self.now = now
         self.overridden: frozenset[str] = frozenset()  # users whose events came from history=
+        self.base: _Histories | None = None  # everyone else's (see overridden_by)
 
     def __contains__(self, user_id: str) -> bool:
-        return user_id in self.spans
+        return user_id in self.spans or (self.base is not None and user_id in self.base)
 
     def get(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(item codes, ages in days) of the user's events; empty when unknown."""
+        if user_id not in self.spans and self.base is not None:
+            return self.base.get(user_id)
         start, stop = self.spans.get(user_id, (0, 0))
         return self.items[start:stop], self.ages[start:stop]
 
     def overridden_by(self, history: Interactions, item_ids: np.ndarray) -> _Histories:
+        """The users of ``history`` with their events there, everyone else's from ``self``
+        (looked up, not copied: a request's history holds a few users)."""
         events = _external_events(history)
-        codes = pd.Index(item_ids).get_indexer(events["item_id"].to_numpy(str))
-        events = events.assign(item=codes)[codes >= 0]
-        fresh = _Histories(events, self.now)
-        merged = object.__new__(_Histories)
-        keep = [u for u in self.spans if u not in fresh.spans]
-        merged.items = np.concatenate([fresh.items] + [self.get(u)[0] for u in keep])
-        merged.ages = np.concatenate([fresh.ages] + [self.get(u)[1] for u in keep])
-        merged.spans, offset = dict(fresh.spans), len(fresh.items)
-        for u in keep:
-            start, stop = self.spans[u]
-            merged.spans[u] = (offset, offset + stop - start)
-            offset += stop - start
-        merged.now = self.now
-        merged.overridden = frozenset(fresh.spans)
-        return merged
+        ids = events["item_id"].to_numpy(str)
+        codes = np.minimum(np.searchsorted(item_ids, ids), len(item_ids) - 1)  # sorted at fit
+        codes[item_ids[codes] != ids] = -1
+        fresh = _Histories(events.assign(item=codes)[codes >= 0], self.now)
+        fresh.base = self
+        fresh.overridden = frozenset(fresh.spans)
+        return fresh
 
 
 def _external_events(interactions: Interactions) -> pd.DataFrame:

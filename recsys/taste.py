@@ -277,7 +277,8 @@ class TasteModel(_IdPositions):
         n_users, dim = weights.shape[0], self.item_vectors_.shape[1]
         if self.method == "mean":
             counts = (np.diff(weights.indptr) > 0).astype(np.int64)
-            mean = np.asarray(weights @ self.item_vectors_, dtype=np.float32)[counts > 0]
+            # float32 on both sides: a float64 operand would copy the whole catalog's vectors
+            mean = np.asarray(weights.astype(np.float32) @ self.item_vectors_)[counts > 0]
             offsets = np.r_[0, np.cumsum(counts)]
             return _normalise_rows(mean), np.ones(len(mean), np.float32), offsets
         vectors, vector_weights, counts = [], [], np.zeros(n_users, dtype=np.int64)

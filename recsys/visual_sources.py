@@ -49,6 +49,8 @@ from recsys.style_index import StyleIndex
 from recsys.taste import _check_vectors, _normalise_rows
 
 RANKS = ("visual", "listed")
+# neighbours kept per item query: enough for 40 candidates past 5 recent items and more
+_NEIGHBOUR_CACHE_WIDTH = 64
 
 
 class UserQueries:
@@ -71,18 +73,24 @@ class UserQueries:
         rows = item_rows[events["item"].to_numpy()]
         keep = rows >= 0
         age = ((now - events["time"]).dt.total_seconds().to_numpy() / 86400.0)[keep]
-        frame = pd.DataFrame({"user": events["user"].to_numpy()[keep], "row": rows[keep],
-                              "age": age, "w": np.power(0.5, age / half_life_days)})
-        pairs = frame.groupby(["user", "row"], sort=False).agg(age=("age", "min"), w=("w", "sum"))
-        pairs = pairs.reset_index().sort_values(["user", "age", "row"], kind="stable")
-        rank = pairs.groupby("user").cumcount().to_numpy()
+        user, rows = events["user"].to_numpy()[keep].astype(np.int64), rows[keep]
+        weight = np.power(0.5, age / half_life_days)
+        # one entry per (user, item): its latest age and summed weight (numpy, not a
+        # pandas group-by: this runs per request for shoppers with online events)
+        order = np.lexsort((rows, user))
+        user, rows, age, weight = user[order], rows[order], age[order], weight[order]
+        starts = np.flatnonzero(np.r_[True, (user[1:] != user[:-1]) | (rows[1:] != rows[:-1])])
+        user, rows = user[starts], rows[starts]
+        age = np.minimum.reduceat(age, starts) if len(starts) else age[:0]
+        weight = np.add.reduceat(weight, starts) if len(starts) else weight[:0]
+        order = np.lexsort((rows, age, user))  # each user's latest first
+        user, rows, age, weight = user[order], rows[order], age[order], weight[order]
+        rank = np.arange(len(user)) - np.searchsorted(user, user)
         self.recent = np.full((data.n_users, recent_items), -1, dtype=np.int64)
         latest = rank < recent_items
-        self.recent[pairs["user"].to_numpy()[latest], rank[latest]] = pairs["row"].to_numpy()[
-            latest]
+        self.recent[user[latest], rank[latest]] = rows[latest]
         taste = np.zeros((data.n_users, vectors.shape[1]), dtype=np.float64)
-        np.add.at(taste, pairs["user"].to_numpy(),
-                  pairs["w"].to_numpy()[:, None] * vectors[pairs["row"].to_numpy()])
+        np.add.at(taste, user, weight[:, None] * vectors[rows])
         self.taste = _normalise_rows(taste)
 
     def queries(self, vectors: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -208,12 +216,32 @@ class VisualNeighbours(VisualSource):
     def set_embeddings(self, item_ids: Sequence[str], vectors: np.ndarray) -> VisualNeighbours:
         super().set_embeddings(item_ids, vectors)
         self.index_ = StyleIndex(self.index_factory).fit(self.item_ids_, self.vectors_)
+        self._neighbours: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         return self
 
     def fit(self, interactions: Interactions) -> VisualNeighbours:
         """Record the users' queries as of the log's latest event; returns ``self``."""
         self._fit_queries(interactions)
         return self
+
+    def _item_neighbours(self, rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Similarities and rows of the ``width`` items nearest each embedded item ``rows``.
+
+        Each item is searched once and kept (thread-safe: entries are only added or
+        widened whole): a shopper's recent items are the queries of every request.
+        """
+        cache = self._neighbours
+        missing = [r for r in np.unique(rows).tolist()
+                   if r not in cache or len(cache[r][0]) < width]
+        if missing:
+            keep = min(max(width, _NEIGHBOUR_CACHE_WIDTH), len(self.item_ids_))
+            found_sims, found = self.index_.index_.search(self.vectors_[missing], keep)
+            cache.update(zip(missing, zip(found_sims, found, strict=True), strict=True))
+        sims = np.empty((len(rows), width), np.float32)
+        found = np.empty((len(rows), width), np.int64)
+        for j, r in enumerate(rows.tolist()):
+            sims[j], found[j] = cache[r][0][:width], cache[r][1][:width]
+        return sims, found
 
     def candidates(self, user_ids: Sequence[str], n: int,
                    history: Interactions | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -224,10 +252,15 @@ class VisualNeighbours(VisualSource):
                                 np.full((n_users, n), -np.inf, np.float32), n)
         # own items are found first (similarity 1): ask for that many more
         width = min(n + own.shape[1] + 1, len(self.item_ids_))
-        found_sims, found = self.index_.index_.search(np.ascontiguousarray(q[valid]), width)
         rows = np.full((n_users, n_q, width), -1, dtype=np.int64)
         sims = np.full((n_users, n_q, width), -np.inf, dtype=np.float32)
-        rows[valid], sims[valid] = found, found_sims
+        item_query = valid[:, :-1]
+        sims[:, :-1][item_query], rows[:, :-1][item_query] = self._item_neighbours(
+            own[item_query], width)
+        taste = valid[:, -1]
+        if taste.any():
+            sims[taste, -1], rows[taste, -1] = self.index_.index_.search(
+                np.ascontiguousarray(q[taste, -1]), width)
         rows, sims = rows.reshape(n_users, -1), sims.reshape(n_users, -1)
         mine = (rows[:, :, None] == own[:, None, :]).any(axis=2) | (rows < 0)
         sims[mine] = -np.inf

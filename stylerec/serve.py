@@ -63,6 +63,9 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--experiment", default="stylerec",
                    help="salt of the shopper-to-arm hash (default: stylerec)")
     p.add_argument("--max-k", type=int, default=100, help="largest slate (default: 100)")
+    p.add_argument("--slate-cache", type=int, default=100_000,
+                   help="slates kept per worker, by (shopper, k, online events) (default "
+                        "100000; 0: compute every request)")
     p.add_argument("--threads", type=int, default=1,
                    help="BLAS/OpenMP/FAISS threads per worker (default 1: requests are "
                         "batched, and spinning thread pools stall a busy machine)")
@@ -90,6 +93,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          f"${API_KEY_ENV}) so that only your front end can call the service")
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.slate_cache < 0:
+        raise ValueError(f"--slate-cache must be >= 0, got {args.slate_cache}")
     if args.format != "jpg":
         raise ValueError("the service serves JPEG renders: --format must be jpg")
     config = {name: (str(value) if isinstance(value, Path) else value)
@@ -120,7 +125,7 @@ def app_from_config(config: dict[str, Any]) -> Any:
     renderer = renderer_from_args(args) if args.render else None
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     return create_app(args.model_dir, args.feedback_log, renderer, args.api_key, variants,
-                      args.experiment, Limits(max_k=args.max_k))
+                      args.experiment, Limits(max_k=args.max_k, slate_cache=args.slate_cache))
 
 
 def limit_threads(n: int) -> None:

@@ -57,6 +57,7 @@ import math
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
@@ -104,6 +105,8 @@ class Limits:
     max_body_bytes: int = 1 << 20
     online_events: int = 200
     explain_depth: int = 100
+    slate_cache: int = 100_000
+    default_k: int = 10
 
 
 @dataclass
@@ -117,6 +120,10 @@ class LoadedModel:
     loaded: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
+        # slates by (shopper, k, online events seen): a slate is a pure function of the
+        # model and those events, so a hit is exact; a reload starts a new model's cache
+        self.slates: OrderedDict[tuple, Slate] = OrderedDict()
+        self.slates_lock = threading.Lock()
         cf = self.model.cf_
         self.catalog: dict[str, str] = self.model.item_paths_
         self.user_pos = {u: i for i, u in enumerate(cf.user_ids_)}
@@ -205,6 +212,8 @@ class _Metrics:
         self.batch_size = Histogram("stylerec_recommend_batch_size",
                                     "Users per batched recommend call", registry=r,
                                     buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.slate_cache = Counter("stylerec_slate_cache_total",
+                                   "Slates by cache result", ["result"], registry=r)
         self.renders = Counter("stylerec_render_cache_total", "Render requests by cache result",
                                ["result"], registry=r)
         self.feedback = Counter("stylerec_feedback_events_total", "Feedback events stored",
@@ -223,33 +232,73 @@ class Service:
                  limits: Limits = Limits()) -> None:
         self.metrics = _Metrics()
         self.renderer = renderer
-        self.current = LoadedModel.load(model_dir, renderer)
-        self._set_model_metric(None, self.current)
         self.log = FeedbackLog(feedback_log)
         # without renders every shopper sees the catalog photo: there is one arm
         self.variants = tuple(variants) if renderer is not None else ("plain",)
         self.experiment = experiment
         self.limits = limits
+        self.current = self.warm(LoadedModel.load(model_dir, renderer))
+        self._set_model_metric(None, self.current)
         self._render_lock = threading.Lock()
         self._reload_lock = asyncio.Lock()
         self.batcher = _Batcher(self.slates)
 
     # -- slates ---------------------------------------------------------------
 
-    def slates(self, uids: list[str], k: int) -> tuple[LoadedModel, list[Slate]]:
-        """Slates for ``uids`` with their online events folded in (thread-safe)."""
-        loaded = self.current
-        ids, history = self._online_history(loaded, uids)
-        slates = loaded.model.recommend(ids, k=k, history=history)
-        self.metrics.batch_size.observe(len(uids))
-        return loaded, [s if s.user_id == uid else replace(s, user_id=uid)
-                        for uid, s in zip(uids, slates, strict=True)]
+    def slates(self, uids: list[str], k: int, loaded: LoadedModel | None = None
+               ) -> tuple[LoadedModel, list[Slate]]:
+        """Slates for ``uids`` with their online events folded in (thread-safe).
 
-    def _online_history(self, loaded: LoadedModel, uids: list[str]
-                        ) -> tuple[list[str], Interactions | None]:
-        """Request ids (aliases for fit-time shoppers with online events) and their history."""
+        A shopper's slate is computed once per (model, k, online events) and kept in
+        an LRU cache of ``Limits.slate_cache`` slates: a new engagement in the log
+        changes the key, so the next request recomputes it.
+        """
+        loaded = loaded or self.current
         events = self.log.user_events(uids, ENGAGEMENTS, since=loaded.saved,
                                       limit=self.limits.online_events)
+        # a shopper the model never saw, without events, gets the one fallback slate
+        keys = {uid: (uid if uid in loaded.user_pos or uid in events else "", k,
+                      len(events.get(uid, ())), events[uid][-1]["seq"] if uid in events else 0)
+                for uid in uids}
+        with loaded.slates_lock:
+            found = {uid: loaded.slates[key] for uid, key in keys.items()
+                     if key in loaded.slates}
+            for uid in found:
+                loaded.slates.move_to_end(keys[uid])
+        self.metrics.slate_cache.labels("hit").inc(len(found))
+        missing = [uid for uid in keys if uid not in found]
+        if missing:
+            self.metrics.slate_cache.labels("miss").inc(len(missing))
+            ids, history = self._online_history(loaded, missing, events)
+            computed = loaded.model.recommend(ids, k=k, history=history)
+            self.metrics.batch_size.observe(len(missing))
+            with loaded.slates_lock:
+                for uid, slate in zip(missing, computed, strict=True):
+                    found[uid] = slate
+                    if self.limits.slate_cache > 0:
+                        loaded.slates[keys[uid]] = slate
+                while len(loaded.slates) > self.limits.slate_cache:
+                    loaded.slates.popitem(last=False)
+        return loaded, [found[uid] if found[uid].user_id == uid
+                        else replace(found[uid], user_id=uid) for uid in uids]
+
+    def warm(self, loaded: LoadedModel, batch: int = 64) -> LoadedModel:
+        """Compute the ``default_k`` slate of every fit-time shopper (as many as the cache
+        holds) before ``loaded`` serves: a request is then a look-up until the shopper's
+        events change, also right after a start or a reload."""
+        uids = list(loaded.user_pos)[:self.limits.slate_cache]
+        if not uids:
+            return loaded
+        start = time.perf_counter()
+        for at in range(0, len(uids), batch):
+            self.slates(uids[at:at + batch], self.limits.default_k, loaded)
+        log.info("computed the %d-item slates of %d shoppers in %.1f s", self.limits.default_k,
+                 len(uids), time.perf_counter() - start)
+        return loaded
+
+    def _online_history(self, loaded: LoadedModel, uids: list[str],
+                        events: dict[str, list]) -> tuple[list[str], Interactions | None]:
+        """Request ids (aliases for fit-time shoppers with online events) and their history."""
         aliases, rows = {}, []
         for uid in dict.fromkeys(uids):  # a shopper asking twice in one batch counts once
             mine = [e for e in events.get(uid, ()) if e["item"] in loaded.catalog]
@@ -298,6 +347,7 @@ class Service:
             old = self.current
             new = await run_in_threadpool(LoadedModel.load, model_dir or old.path,
                                           self.renderer)
+            await run_in_threadpool(self.warm, new)
             self.current = new  # one reference swap: in-flight requests keep the old model
             self._set_model_metric(old, new)
             return new
@@ -462,7 +512,7 @@ def create_app(
                 "image_url": render if variant == "styled" and render else image}
 
     @app.get("/recommend")
-    async def recommend(uid: str | None = None, k: int = 10,
+    async def recommend(uid: str | None = None, k: int = limits.default_k,
                         remove_seen: bool = True) -> JSONResponse:
         uid = _check_uid(uid)
         if not 1 <= k <= service.limits.max_k:

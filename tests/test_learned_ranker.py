@@ -79,6 +79,52 @@ def test_new_arrivals_read_a_catalog_file(tmp_path, small_log):
         NewArrivals(str(path), id_column="sku", rank="listed").fit(small_log)
 
 
+def test_visual_neighbours_equal_a_brute_force_search_at_any_width():
+    # neighbour lists of item queries are cached at one width and widened on demand:
+    # whatever the order of requests, slates equal the exhaustive max-cosine ranking
+    rng = np.random.default_rng(3)
+    items = [f"i{j:03d}" for j in range(300)]
+    vectors = rng.standard_normal((300, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rows = [(f"u{u}", items[j], f"2020-01-{1 + d:02d}") for u in range(6)
+            for d, j in enumerate(rng.choice(300, 7, replace=False))]
+    log = Interactions.from_frame(pd.DataFrame(rows, columns=["user_id", "item_id", "t"]),
+                                  time_col="t")
+    source = VisualNeighbours().set_embeddings(items, vectors).fit(log)
+    users = [f"u{u}" for u in range(6)]
+    queries, valid, own = source.user_queries(users)
+    for n in (3, 80, 3, 250):
+        ids, scores = source.candidates(users, n)
+        for u in range(6):
+            best = np.max(np.where(valid[u][:, None], queries[u] @ vectors.T, -np.inf), axis=0)
+            best[own[u][own[u] >= 0]] = -np.inf
+            top = np.lexsort((np.arange(300), -best))[:n]
+            top = top[np.isfinite(best[top])]
+            assert ids[u, :len(top)].tolist() == [items[j] for j in top]
+            np.testing.assert_allclose(scores[u, :len(top)], best[top], atol=1e-5)
+
+
+def test_path_contributions_credit_only_the_features_split_on():
+    lightgbm = pytest.importorskip("lightgbm")
+    from recsys.learned_ranker import _path_contributions
+
+    rng = np.random.default_rng(0)
+    x = np.column_stack([rng.random(400), np.full(400, 0.5), rng.random(400)])
+    y = (x[:, 0] > 0.5).astype(float) + 0.1 * x[:, 2]
+    booster = lightgbm.train({"objective": "regression", "verbose": -1, "num_leaves": 4,
+                              "min_data_in_leaf": 5}, lightgbm.Dataset(x, y), 10)
+    table = _path_contributions(booster)
+    leaves = booster.predict(x[:50], pred_leaf=True)
+    parts = table[np.arange(leaves.shape[1]), leaves].sum(axis=1)
+    np.testing.assert_allclose(parts.sum(axis=1), booster.predict(x[:50]), atol=1e-9)
+    assert np.all(parts[:, 1] == 0)  # a constant feature is never split on
+    # the step at 0.5 is feature 0's (10 rounds at rate 0.1 fit 1 - 0.9**10 of it);
+    # feature 2's slope of 0.1 gets at most its range
+    low, high = x[:50, 0] < 0.45, x[:50, 0] > 0.55
+    assert parts[high, 0].min() - parts[low, 0].max() > 0.6
+    assert np.abs(parts[:, 2]).max() < 0.1
+
+
 def test_visual_sources_are_registered_and_need_embeddings(small_log):
     assert SOURCES.get("visual-neighbours") is VisualNeighbours
     assert SOURCES.get("new-arrivals") is NewArrivals

@@ -283,6 +283,43 @@ def test_healthz_and_metrics(client):
     assert f'stylerec_model_info{{path="{health["model_dir"]}",version="' in text
 
 
+def _slate_cache(client) -> dict[str, float]:
+    lines = [line for line in client.get("/metrics").text.splitlines()
+             if line.startswith("stylerec_slate_cache_total{")]
+    return {line.split('"')[1]: float(line.split()[-1]) for line in lines}
+
+
+def test_slates_are_cached_exactly_and_a_click_recomputes_only_that_shopper(shop, client):
+    # the start computed the 10-item slate of each of the 24 fit-time shoppers
+    assert _slate_cache(client) == {"hit": 0.0, "miss": 24.0}
+    body = client.get("/recommend", params={"uid": "user01"}).json()
+    assert body["recommendations"] == shop["model"].recommend(["user01"], k=10)[0].item_ids
+    assert _slate_cache(client) == {"hit": 1.0, "miss": 24.0}
+    client.get("/recommend", params={"uid": "user01", "k": 4})  # another k: computed
+    assert _slate_cache(client) == {"hit": 1.0, "miss": 25.0}
+    assert client.post("/feedback", json={"uid": "user01", "item": "green00",
+                                          "type": "click"}).status_code == 200
+    after = client.get("/recommend", params={"uid": "user01"}).json()
+    client.get("/recommend", params={"uid": "user02"})
+    assert _slate_cache(client) == {"hit": 2.0, "miss": 26.0}
+    assert after["folded_in"] and after["recommendations"] != body["recommendations"]
+    # shoppers the model never saw, without events, share the one fallback slate
+    a = client.get("/recommend", params={"uid": "new-a"}).json()
+    b = client.get("/recommend", params={"uid": "new-b"}).json()
+    assert a["fallback"] and a["recommendations"] == b["recommendations"]
+    assert a["query"]["uid"] == "new-a" and b["query"]["uid"] == "new-b"
+    assert _slate_cache(client) == {"hit": 3.0, "miss": 27.0}
+
+
+def test_without_a_slate_cache_every_request_is_computed(shop, tmp_path):
+    app = create_app(shop["model_dir"], tmp_path / "feedback.db", limits=Limits(slate_cache=0))
+    with TestClient(app) as c:
+        for _ in range(2):
+            body = c.get("/recommend", params={"uid": "user01"}).json()
+            assert body["recommendations"] == shop["model"].recommend(["user01"], 10)[0].item_ids
+        assert _slate_cache(c) == {"hit": 0.0, "miss": 2.0}
+
+
 def test_reload_swaps_the_model_without_a_failed_request(shop, client, tmp_path):
     other = StyleRecommender(
         "als", {"factors": 4, "iterations": 3, "random_state": 1}, encoder=ColourEncoder(grid=2),
