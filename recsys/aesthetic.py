@@ -845,18 +845,27 @@ class AestheticMatcher:
 
     @classmethod
     def load(cls, path: str | Path) -> AestheticMatcher:
+        """A matcher written by :meth:`save` (format 2, or round 1's format 1: no hubness
+        correction, and palette weight 2 where its weights were the defaults)."""
         path = saved_directory(path, "matcher.json")
-        meta = read_meta(path, "matcher.json", "AestheticMatcher", FORMAT_VERSION)
+        meta = read_meta(path, "matcher.json", "AestheticMatcher", (1, FORMAT_VERSION))
+        if meta["format"] == 1:
+            meta["params"] = {k: meta[k] for k in (
+                "block_weights", "center", "factory", "mix_k", "temperature",
+                "half_life_days", "standardise_palette")} | {"hubness": None}
+            meta["params"]["block_weights"] = (meta["block_weights"] or
+                                               {"palette": 2.0, "texture": 0.5, "style": 0.5})
         self = cls(**meta["params"])
+        self.index_ = StyleIndex.load(path)
         with np.load(path / "arrays.npz", allow_pickle=False) as z:
             self.space_ = AestheticSpace.from_arrays(z, self.block_weights, self.center,
                                                      self.standardise_palette)
-            self.style_vectors_ = z["style_vectors"]
+            self.style_vectors_ = (z["style_vectors"] if "style_vectors" in z else
+                                   self.index_.index_.reconstruct_n(0, self.index_.index_.ntotal))
             self.magenta_ = z["magenta"] if "magenta" in z else None
             self.hub_scale_ = z["hub_scale"] if "hub_scale" in z else None
             self.hub_offset_ = z["hub_offset"] if "hub_offset" in z else None
-        self.index_ = StyleIndex.load(path)
-        self.population_ = meta["population"]
+        self.population_ = meta.get("population", 0)
         self.style_ids_ = meta["style_ids"]
         self.style_paths_ = meta["style_paths"]
         return self

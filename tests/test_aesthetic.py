@@ -242,6 +242,32 @@ def test_hubness_is_learned_on_the_fit_population_and_saved(tmp_path):
         AestheticMatcher(**params).fit(library, styles, items, interactions=log)
 
 
+def test_a_round_one_matcher_still_loads(tmp_path):
+    """Format 1 (no hubness correction; weights None meant palette 2) is read as it was."""
+    import json
+
+    library = StyleLibrary.from_folder(_library(tmp_path))
+    rng = np.random.default_rng(4)
+    styles, items = rng.normal(size=(4, DIM)), rng.normal(size=(30, DIM))
+    old = AestheticMatcher({"palette": 2.0}, hubness=None).fit(library, styles, items)
+    folder = old.save(tmp_path / "matcher")
+    meta = json.loads((folder / "matcher.json").read_text())
+    v1 = {"format": 1, **meta.pop("params"), "style_paths": meta["style_paths"],
+          "style_ids": meta["style_ids"]}
+    v1["block_weights"] = None
+    for key in ("hubness", "hub_k", "hub_temperature", "max_centroids", "items_per_centroid"):
+        v1.pop(key)
+    (folder / "matcher.json").write_text(json.dumps(v1))
+    with np.load(folder / "arrays.npz") as z:
+        np.savez(folder / "arrays.npz", **{k: z[k] for k in z if k != "style_vectors"})
+    loaded = AestheticMatcher.load(folder)
+    assert loaded.hubness is None and loaded.block_weights["palette"] == 2.0
+    users = old.item_vectors(items[:6])
+    for a, b in zip(loaded.match(users, 4), old.match(users, 4), strict=True):
+        assert np.array_equal(a, b)
+    assert np.allclose(loaded.style_vectors_, old.style_vectors_)
+
+
 def test_arbitrary_styler_takes_a_precomputed_style_vector():
     from stylers.registry import create_styler
 
