@@ -227,9 +227,11 @@ def _summary(result: dict) -> str:
                  f"{m['random_pair']:.3f}, ratio {m['ratio']:.3f} "
                  f"[{m['ratio_ci_low']:.3f}, {m['ratio_ci_high']:.3f}]")
     d = result["discrimination"]
-    lines.append(f"discrimination: normalised entropy {d['normalised_entropy']:.3f}, "
+    lines.append(f"discrimination: normalised entropy {d['normalised_entropy']:.3f} "
+                 f"[{d['entropy_ci_low']:.3f}, {d['entropy_ci_high']:.3f}], "
                  f"{d['styles_used']}/{d['n_styles']} styles used, top style "
-                 f"{d['max_share_over_fair']:.2f}x its fair share")
+                 f"{d['max_share_over_fair']:.2f}x its fair share "
+                 f"[{d['max_share_ci_low']:.2f}, {d['max_share_ci_high']:.2f}]")
     if "behaviour" in result:
         b = result["behaviour"]
         lines.append(f"behaviour: {b['matched_share']:.4f} of later purchases near the matched "

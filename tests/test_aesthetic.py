@@ -321,6 +321,11 @@ def test_percentiles_palette_distance_and_discrimination_known_answers():
     p = np.array([0.5, 0.25, 0.25])
     assert disc["normalised_entropy"] == pytest.approx(-(p * np.log(p)).sum() / np.log(4))
     assert disc["max_share_over_fair"] == pytest.approx(2.0)
+    # a resample's top share lies between 1 (a quarter of 4 shoppers) and 4 (all alike)
+    assert 1.0 <= disc["max_share_ci_low"] <= 2.0 <= disc["max_share_ci_high"] <= 4.0
+    assert disc["entropy_ci_low"] <= disc["normalised_entropy"] <= disc["entropy_ci_high"]
+    alike = discrimination(["a"] * 5, 4)
+    assert (alike["max_share_ci_low"], alike["max_share_ci_high"]) == (4.0, 4.0)
 
 
 def test_stability_against_chance_and_behaviour_lift():
