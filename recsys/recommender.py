@@ -211,6 +211,9 @@ class StyleRecommender:
         :class:`~recsys.aesthetic.AestheticMatcher` parameters (``block_weights``,
         ``hubness``, ``max_centroids``, ``half_life_days``, ``mix_k``…); a hubness
         correction is learned on the users of the log ``fit`` is given.
+    style_encoder_params : dict, optional
+        Options of a named ``style_encoder`` (e.g. the ``clip_model`` and
+        ``clip_checkpoint`` of :class:`~recsys.aesthetic.AestheticEncoder`).
     renderer : stylers.Renderer, optional
         Used by ``recommend(render=True)``: anything with a
         ``render([(item_id, item_image, style_id, style_image), ...]) -> [path, ...]``
@@ -274,6 +277,7 @@ class StyleRecommender:
         ranker_params: dict[str, Any] | None = None,
         style_encoder: Any = "aesthetic",
         style_params: dict[str, Any] | None = None,
+        style_encoder_params: dict[str, Any] | None = None,
         renderer: Any = None,
         ranker: str = "learned",
         learned_params: dict[str, Any] | None = None,
@@ -290,6 +294,7 @@ class StyleRecommender:
         self.ranker_params = ranker_params
         self.style_encoder = style_encoder
         self.style_params = style_params
+        self.style_encoder_params = style_encoder_params
         self.renderer = renderer
         self.ranker = ranker
         self.learned_params = learned_params
@@ -436,8 +441,13 @@ class StyleRecommender:
         from recsys.aesthetic import AestheticMatcher
         from recsys.encoders import create_encoder
 
-        encoder = (create_encoder(self.style_encoder) if isinstance(self.style_encoder, str)
-                   else self.style_encoder)
+        if isinstance(self.style_encoder, str):
+            encoder = create_encoder(self.style_encoder, **(self.style_encoder_params or {}))
+        elif self.style_encoder_params:
+            raise ValueError("style_encoder_params apply to a named style_encoder, not an "
+                             "encoder instance")
+        else:
+            encoder = self.style_encoder
         item_ids = self.ranker_.item_ids_
         items, ok, _ = self._embed(encoder, item_ids, catalog)
         refs, ref_ok, failures = self._embed(encoder, np.asarray(styles.ids, dtype=str),
@@ -722,7 +732,7 @@ class StyleRecommender:
             params = {name: getattr(self, name) for name in (
                 "cf_model", "cf_params", "encoder_params", "cache_dir", "embedding_dim",
                 "whiten", "taste_params", "blend", "ranker_params", "style_params", "ranker",
-                "learned_params")}
+                "learned_params", "style_encoder_params")}
             params["encoder"] = self.encoder if isinstance(self.encoder, str) else None
             params["style_encoder"] = (self.style_encoder if isinstance(self.style_encoder, str)
                                        else None)

@@ -93,12 +93,15 @@ class EncoderSpec:
 
 @dataclass
 class StyleMatchSpec:
-    """The style matcher (used with ``styles``): the name of its descriptor ``encoder``
-    and the :class:`~recsys.aesthetic.AestheticMatcher` ``params`` (block weights,
-    hubness correction, centroids, ...)."""
+    """The style matcher (used with ``styles``): its descriptor ``encoder`` and the
+    encoder's ``encoder_params`` (e.g. ``clip_model`` and ``clip_checkpoint`` of
+    :class:`~recsys.aesthetic.AestheticEncoder`), and the
+    :class:`~recsys.aesthetic.AestheticMatcher` ``params`` (block weights, hubness
+    correction, centroids, ...)."""
 
     encoder: str = "aesthetic"
     params: dict[str, Any] = field(default_factory=dict)
+    encoder_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -195,8 +198,12 @@ class PipelineSpec:
             if self.styles is not None:
                 from recsys.aesthetic import AestheticMatcher
 
-                _check_component(ComponentSpec(self.style_match.encoder), "style_match.encoder",
-                                 ENCODERS.get)
+                try:
+                    factory = ENCODERS.get(self.style_match.encoder)
+                except LookupError as err:
+                    raise SpecError(f"style_match.encoder: {err}") from None
+                _check_params(_signature_owner(factory), self.style_match.encoder_params,
+                              "style_match.encoder_params")
                 _check_params(AestheticMatcher, self.style_match.params, "style_match.params")
         if self.styler is not None:
             from stylers.protection import ProtectedStyler
@@ -421,6 +428,7 @@ def recommender_arguments(spec: PipelineSpec) -> dict[str, Any]:
         "learned_params": ranker if learned else None,
         "style_encoder": spec.style_match.encoder,
         "style_params": dict(spec.style_match.params) or None,
+        "style_encoder_params": dict(spec.style_match.encoder_params) or None,
     }
 
 
@@ -453,7 +461,7 @@ def spec_of(model: Any) -> PipelineSpec:
         style_match=StyleMatchSpec(
             model.style_encoder if isinstance(model.style_encoder, str)
             else getattr(model.style_encoder, "name", base.style_match.encoder),
-            dict(model.style_params or {})),
+            dict(model.style_params or {}), dict(model.style_encoder_params or {})),
     )
 
 

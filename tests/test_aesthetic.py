@@ -442,7 +442,8 @@ def test_style_match_round_trips_through_the_spec_and_fits(colour_shop, tmp_path
     slates = model.recommend(["red0", "blue1"], k=2)
     assert [s.style.style_id for s in slates] == ["red-style", "blue-style"]
     loaded = StyleRecommender.load(model.save(tmp_path / "model"))
-    assert loaded.get_params()["style_match"] == {"encoder": "aesthetic", "params": params}
+    assert loaded.get_params()["style_match"] == {"encoder": "aesthetic", "params": params,
+                                                  "encoder_params": {}}
     bad = {"data": {"images": "img"}, "styles": "s", "style_match": {"params": {"hub_k": "x"}}}
     with pytest.raises(SpecError, match="style_match.params.hub_k: expected int"):
         PipelineSpec.from_dict(bad).validate()
@@ -533,3 +534,31 @@ def test_style_fit_study_end_to_end_on_two_colours(tmp_path):
     assert result["discrimination"]["max_share_over_fair"] == pytest.approx(1.0)
     # both halves of every history match the same colour: agreement 1, chance 1/2
     assert (result["stability"]["agreement"], result["stability"]["ratio"]) == (1.0, 2.0)
+
+
+def test_the_clip_block_is_configured_through_the_spec(colour_shop, tiny_clip, tmp_path):
+    from doubles import ColourEncoder
+
+    from recsys.encoders.openclip import DEFAULT_STYLE_LABELS, OpenCLIPEncoder
+    from recsys.recommender import StyleRecommender
+    from recsys.spec import PipelineSpec, SpecError
+
+    random = OpenCLIPEncoder(tiny_clip, allow_random=True, device="cpu")
+    torch.save(random.model_.state_dict(), tmp_path / "tiny.pt")
+    clip = {"clip_model": tiny_clip, "clip_checkpoint": str(tmp_path / "tiny.pt")}
+    spec = PipelineSpec.from_dict({"ranker": {"name": "blend", "params": {"taste_weight": 0.5}},
+                                   "encoder": {"embedding_dim": None},
+                                   "style_match": {"encoder_params": clip}}).validate()
+    model = StyleRecommender.from_params(spec)
+    assert model.style_encoder_params == clip and model.get_params() == spec.to_dict()
+    model.encoder = ColourEncoder(grid=2)
+    model.fit(colour_shop["data"], colour_shop["catalog"], colour_shop["root"] / "styles")
+    assert model.styles_.style_vectors_.shape[1] == DIM + len(DEFAULT_STYLE_LABELS)
+    loaded = StyleRecommender.load(model.save(tmp_path / "model"))
+    assert loaded.get_params()["style_match"]["encoder_params"] == clip
+    bad = {"data": {"images": "img"}, "styles": "s",
+           "style_match": {"encoder_params": {"clip_model": 3}}}
+    with pytest.raises(SpecError, match="style_match.encoder_params.clip_model: expected"):
+        PipelineSpec.from_dict(bad).validate()
+    with pytest.raises(SpecError, match="style_match.encoder: unknown encoder 'nope'"):
+        PipelineSpec.from_dict({**bad, "style_match": {"encoder": "nope"}}).validate()
