@@ -478,8 +478,10 @@ def _serve(ctx: BenchContext, scale: int, encoder: Any, styles: Any,
     fitted: dict[str, Any] = {}
 
     def fit() -> None:
+        # the store also holds the style matcher's descriptors (else all 17k are described)
         fitted["model"] = StyleRecommender(
             cfg.model, params, encoder=encoder, ranker_params={"index_factory": factory},
+            cache_dir=cfg.embedding_store,
         ).fit(data, ctx.data.catalog(scale), styles)
 
     fit_time = measure(fit, repeats=1, warmup=0)
@@ -492,7 +494,9 @@ def _serve(ctx: BenchContext, scale: int, encoder: Any, styles: Any,
     batch = measure(lambda: model.recommend(batch_users, k=cfg.k), ctx.repeats(scale), cfg.warmup)
     sizes = {"users": data.n_users, "items": len(model.ranker_.item_ids_),
              "styles": 0 if styles is None else len(styles), "k": cfg.k, "index": factory,
-             "embeddings": encoder.source, "dim": encoder.dim}
+             "embeddings": encoder.source, "dim": encoder.dim,
+             # the learned ranker may hand ranking to one source or the blend: say which
+             "ranked_by": "blend" if model.learned_ is None else model.learned_.choice_}
     target = Target("p99_ms", SERVE_P99_MS) if scale == 1 else None
     return model, [
         Measurement("serve", f"fit [{factory}]", scale, "throughput", "users", data.n_users,
