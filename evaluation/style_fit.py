@@ -245,12 +245,26 @@ def mix_stability(old: dict[str, np.ndarray], new: dict[str, np.ndarray], seed: 
             "ratio_ci_high": float(np.quantile(ratios, 0.975))}
 
 
-def discrimination(matched: Sequence[str], n_styles: int) -> dict[str, float]:
-    """Normalised entropy and the top reference's share relative to ``1 / n_styles``."""
-    _, counts = np.unique(np.asarray(matched, dtype=str), return_counts=True)
-    return {"users": len(matched), "normalised_entropy": normalised_entropy(matched, n_styles),
-            "styles_used": len(counts), "n_styles": n_styles,
-            "max_share_over_fair": float(counts.max() / len(matched) * n_styles)}
+def discrimination(matched: Sequence[str], n_styles: int, n_resamples: int = 1000,
+                   seed: int = 0) -> dict[str, float]:
+    """Normalised entropy and the top reference's share relative to ``1 / n_styles``, with
+    bootstrap intervals over shoppers."""
+    labels = np.asarray(matched, dtype=str)
+
+    def figures(sample: np.ndarray) -> tuple[float, float]:
+        _, counts = np.unique(sample, return_counts=True)
+        return normalised_entropy(sample, n_styles), counts.max() / len(sample) * n_styles
+
+    entropy, top = figures(labels)
+    rng = np.random.default_rng(seed)
+    boot = np.array([figures(labels[rng.integers(0, len(labels), len(labels))])
+                     for _ in range(n_resamples)])
+    low, high = np.quantile(boot, [0.025, 0.975], axis=0)
+    return {"users": len(labels), "normalised_entropy": entropy,
+            "entropy_ci_low": float(low[0]), "entropy_ci_high": float(high[0]),
+            "styles_used": len(np.unique(labels)), "n_styles": n_styles,
+            "max_share_over_fair": float(top), "max_share_ci_low": float(low[1]),
+            "max_share_ci_high": float(high[1])}
 
 
 def near_sets(judges: Judges, catalog: Sequence[str], fraction: float = 0.1, seed: int = 0
@@ -323,20 +337,23 @@ def match_histories(frame: pd.DataFrame, matcher: object, item_ids: Sequence[str
                     time_col: str = "t_dat") -> Matches:
     """Aesthetic vectors of the users in ``frame`` (the matcher's
     :meth:`~recsys.aesthetic.AestheticMatcher.taste_model` on the items' space vectors:
-    confidence and recency weights) matched by ``matcher``
+    confidence and recency weights, one or several centroids) matched by ``matcher``
     (:class:`~recsys.aesthetic.AestheticMatcher`). Users none of whose items has a
     descriptor are left out."""
     from recsys.interactions import Interactions
+    from recsys.taste import TasteProfiles
+
     data = Interactions.from_frame(frame, user_col, item_col, time_col)
     taste = matcher.taste_model().fit(data, item_ids, item_vectors)
     users = list(data.user_ids)
     profiles = taste.transform(users)
     keep = ~profiles.fallback
     users = [u for u, k in zip(users, keep, strict=True) if k]
-    vectors = profiles.mean_vectors()[keep]
-    ids, sims = matcher.match(vectors, 1)
+    profiles = TasteProfiles(profiles.vectors[keep], profiles.weights[keep],
+                             profiles.fallback[keep], profiles.folded_in[keep])
+    ids, sims = matcher.match(profiles, 1)
     row = {s: i for i, s in enumerate(matcher.style_ids_)}
-    mixes = matcher.personal_style(vectors) if matcher.magenta_ is not None else []
+    mixes = matcher.personal_style(profiles) if matcher.magenta_ is not None else []
     return Matches({u: row[s] for u, s in zip(users, ids[:, 0], strict=True)},
                    {u: float(s) for u, s in zip(users, sims[:, 0], strict=True)},
                    dict(zip(users, mixes, strict=False)))

@@ -45,19 +45,25 @@ from evaluation.style_fit import (
     split_halves,
     stability,
 )
-from recsys.aesthetic import AestheticMatcher, StyleLibrary, palette_colours
+from recsys.aesthetic import AestheticEncoder, AestheticMatcher, StyleLibrary, palette_colours
 from recsys.catalog import Catalog
+from recsys.interactions import Interactions
 
 log = logging.getLogger(__name__)
 
 
 def aesthetic_descriptors(ids: list[str], paths: list[str | Path], cache_dir: str | Path,
-                          threads: int | None = 1) -> tuple[list[str], np.ndarray]:
-    """Cached ``aesthetic`` descriptors of images (ids of the unreadable ones dropped)."""
+                          threads: int | None = 1,
+                          encoder_params: Mapping[str, Any] | None = None
+                          ) -> tuple[list[str], np.ndarray]:
+    """Cached ``aesthetic`` descriptors of images (ids of the unreadable ones dropped);
+    ``encoder_params``: :class:`~recsys.aesthetic.AestheticEncoder` options (e.g. the
+    ``clip`` block's model and checkpoint)."""
     from recsys.embedding_store import EmbeddingStore
     from recsys.encoders import create_encoder
 
-    encoder = create_encoder("aesthetic", device="cpu", num_threads=threads, num_workers=1)
+    encoder = create_encoder("aesthetic", device="cpu", num_threads=threads, num_workers=1,
+                             **(encoder_params or {}))
     found = EmbeddingStore(cache_dir, encoder).get_or_compute(ids, paths)
     keep = np.flatnonzero(found.ok)
     return [ids[i] for i in keep], found.vectors[keep]
@@ -108,11 +114,18 @@ def style_fit_study(
     history_days: int = 180,
     half_life_days: float | None = 60.0,
     block_weights: Mapping[str, float] | None = None,
+    matcher_params: Mapping[str, Any] | None = None,
     near_fraction: float = 0.1,
     kmeans_judge: bool = True,
     threads: int | None = 1,
+    encoder_params: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the four checks; returns a JSON-ready dict (figures, parameters, per-unit rows)."""
+    """Run the four checks; returns a JSON-ready dict (figures, parameters, per-unit rows).
+
+    The matcher (:class:`~recsys.aesthetic.AestheticMatcher` with ``block_weights``,
+    ``half_life_days`` and any other ``matcher_params``) learns its hubness correction,
+    if any, on the matched histories themselves (never on a window's purchases).
+    """
     started = time.time()
     catalog = Catalog.from_directory(image_root)
     transactions = transactions.assign(article_id=transactions["article_id"].astype(str))
@@ -121,13 +134,16 @@ def style_fit_study(
     log.info("style fit: %d units, %d articles to describe", frame["unit"].nunique(),
              len(needed))
     item_ids, item_desc = aesthetic_descriptors(
-        needed, [catalog.path(i) for i in needed], cache_dir, threads)
+        needed, [catalog.path(i) for i in needed], cache_dir, threads, encoder_params)
     style_ids, style_desc = aesthetic_descriptors(library.ids, library.paths, cache_dir,
-                                                  threads)
+                                                  threads, encoder_params)
     if style_ids != library.ids:
         raise ValueError(f"unreadable style references: {set(library.ids) - set(style_ids)}")
-    matcher = AestheticMatcher(block_weights, half_life_days=half_life_days)
-    matcher.fit(library, style_desc, item_desc, library.magenta_vectors())
+    matcher = AestheticMatcher(block_weights, half_life_days=half_life_days,
+                               **(matcher_params or {}))
+    population = Interactions.from_frame(frame, "unit", "article_id", "t_dat")
+    matcher.fit(library, style_desc, item_desc, library.magenta_vectors(),
+                interactions=population, item_ids=item_ids)
     item_vectors = matcher.item_vectors(item_desc)
 
     def match(part: pd.DataFrame):
@@ -142,8 +158,10 @@ def style_fit_study(
                           {i: str(catalog.path(i)) for i in item_ids} if kmeans_judge else None)
     result: dict[str, Any] = {
         "params": {"windows": windows, "window_days": window_days,
-                   "history_days": history_days, "half_life_days": half_life_days,
-                   "block_weights": matcher.space_._weights(), "near_fraction": near_fraction,
+                   "history_days": history_days, "matcher": matcher.get_params(),
+                   "block_weights": {b: w for b, w in matcher.space_._weights().items()
+                                     if b in AestheticEncoder.split(style_desc[:1])},
+                   "near_fraction": near_fraction,
                    "library": names, "n_styles": len(names), "articles_described": len(item_ids)},
         "colour": colour_agreement({u: histories[u] for u in matches.nearest}, matches.nearest,
                                    judges),

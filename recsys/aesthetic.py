@@ -29,14 +29,16 @@ brushwork differ by domain; what can match is how each departs from its
 domain's average), scales their dimensions to unit variance, and re-normalises
 every block with its weight, so no block dominates by its size: a cosine in the
 space is the weighted mean of the blocks' cosines. The default weights (palette
-2, texture 0.5, style 0.5) were chosen on the 300 demo shoppers
+4, texture 0.5, style 0.5) were chosen on the 300 demo shoppers
 (``docs/aesthetic.md``).
 
 :class:`StyleLibrary` is a folder of references with a ``styles.csv``;
 :class:`AestheticMatcher` indexes it with FAISS, matches users' aesthetic
 vectors (from :class:`~recsys.taste.TasteModel` on the item vectors: confidence
-and recency weights, optional centroids) and mixes a personal Magenta style
-vector from each user's top-k references.
+and recency weights, optional centroids) with a hubness correction learned on a
+population of users (a few dark or white-ground references would otherwise be
+everyone's nearest), and mixes a personal Magenta style vector from each user's
+top-k references.
 
 Examples
 --------
@@ -76,13 +78,15 @@ from ground.images import fit_square
 
 from .catalog import IMAGE_SUFFIXES, Catalog
 from .encoders import ImageEncoder, register_encoder
+from .interactions import Interactions
 from .style_index import StyleIndex
-from .taste import TasteModel
+from .taste import TasteModel, TasteProfiles
 
 log = logging.getLogger(__name__)
 
 BLOCKS = ("palette", "texture", "style")
-FORMAT_VERSION = 1
+CLIP_BLOCK = "clip"  # the optional fourth block: OpenCLIP text-anchor similarities
+FORMAT_VERSION = 2
 _L_BINS, _AB_BINS, _AB_RANGE = 5, 7, 60.0
 _TEXTURE_CHANNELS = (32, 16, 24)  # stem, block 0 (stage 1), block 2 (end of stage 2)
 _MASK_SIZE, _PALETTE_SIZE, _STYLE_SIZE = 96, 64, 128
@@ -184,6 +188,13 @@ class AestheticEncoder(ImageEncoder):
     The output ``[n, 245 + 144 + 100]`` holds the three blocks in :data:`BLOCKS`
     order, each L2-normalised and scaled by ``1/sqrt(3)``; :meth:`split` recovers them.
 
+    With an OpenCLIP checkpoint (a local file; nothing is downloaded) a fourth block,
+    ``clip``, holds the cosines of the subject's CLIP image embedding (its bounding box
+    at the model's input size) to text anchors (``encode_text`` of ``anchor_prompt``
+    filled with each of ``anchors``: "minimalist", "floral", "bohemian", ...): an
+    aesthetic named in words, comparable between a product and an artwork. Blocks are
+    then scaled by ``1/2``. Not evaluated against real CLIP weights (none offline here).
+
     Parameters
     ----------
     image_size : int
@@ -191,6 +202,12 @@ class AestheticEncoder(ImageEncoder):
     plain_threshold : float
         Border uniformity above which the image is a product on a plain backdrop and
         only its foreground counts (:func:`stylers.adaptive.plain_background`).
+    clip_model, clip_checkpoint : str, optional
+        An open_clip model name and a local weights file for it: adds the ``clip`` block.
+    anchors : sequence of str
+        The text anchors of the ``clip`` block.
+    anchor_prompt : str
+        Template each anchor fills.
     **kwargs
         Device and pipeline options of :class:`~recsys.encoders.ImageEncoder`.
 
@@ -206,7 +223,9 @@ class AestheticEncoder(ImageEncoder):
                    "style": 100}
 
     def __init__(self, image_size: int = 160, plain_threshold: float = 0.75,
-                 **kwargs: Any) -> None:
+                 clip_model: str | None = None, clip_checkpoint: str | Path | None = None,
+                 anchors: Sequence[str] | None = None,
+                 anchor_prompt: str = "a {} style image", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         from stylers.effnet import default_weights_path, load_backbone
         from stylers.magenta import MagentaStylePredictor, onnx_model_path
@@ -220,13 +239,39 @@ class AestheticEncoder(ImageEncoder):
         self.blocks_ = backbone.blocks[:3].to(self.device_).eval().requires_grad_(False)
         self.predictor_ = MagentaStylePredictor.from_onnx(self._weights[1]).to(self.device_)
         self.predictor_.eval().requires_grad_(False)
+        self.clip_model, self.clip_checkpoint = clip_model, clip_checkpoint
+        self.anchor_prompt = anchor_prompt
+        self.clip_ = None
+        if (clip_model is None) != (clip_checkpoint is None):
+            raise ValueError("the clip block needs both clip_model and clip_checkpoint")
+        if clip_checkpoint is not None:
+            from .encoders.openclip import DEFAULT_STYLE_LABELS, OpenCLIPEncoder
+
+            self.anchors = tuple(anchors or DEFAULT_STYLE_LABELS)
+            self.clip_ = OpenCLIPEncoder(clip_model, checkpoint=clip_checkpoint,
+                                         device=str(self.device_), num_workers=0)
+            self.anchor_vectors_ = torch.from_numpy(
+                self.clip_.encode_text(self.anchors, anchor_prompt)).to(self.device_)
+            visual = self.clip_.model_.visual
+            from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+            cfg = getattr(visual, "preprocess_cfg", {}) or {}
+            self.clip_mean_, self.clip_std_ = (
+                torch.tensor(cfg.get(k, default), device=self.device_).view(1, 3, 1, 1)
+                for k, default in (("mean", OPENAI_DATASET_MEAN), ("std", OPENAI_DATASET_STD)))
+            self.weights_id_ += "+" + self.clip_.weights_id_
+            self.block_sizes = AestheticEncoder.block_sizes | {CLIP_BLOCK: len(self.anchors)}
 
     @property
     def params(self) -> dict[str, Any]:
-        return {"image_size": self.image_size, "plain_threshold": self.plain_threshold,
-                "palette": f"lab{_L_BINS}x{_AB_BINS}x{_AB_BINS}",
-                "texture": "stem+block0+block2", "mask_size": _MASK_SIZE,
-                "style_size": _STYLE_SIZE}
+        params = {"image_size": self.image_size, "plain_threshold": self.plain_threshold,
+                  "palette": f"lab{_L_BINS}x{_AB_BINS}x{_AB_BINS}",
+                  "texture": "stem+block0+block2", "mask_size": _MASK_SIZE,
+                  "style_size": _STYLE_SIZE}
+        if self.clip_ is not None:
+            params["clip"] = {"model": self.clip_.params, "anchors": list(self.anchors),
+                              "prompt": self.anchor_prompt}
+        return params
 
     @property
     def dim(self) -> int:
@@ -257,24 +302,32 @@ class AestheticEncoder(ImageEncoder):
         texture = torch.cat([_masked_stats(f, mask) for f in (stem, block0, block2)], dim=1)
         style = self.predictor_(_bbox_crops(x, mask, _STYLE_SIZE))
         blocks = [palette.sqrt(), texture, style]
+        if self.clip_ is not None:
+            crops = _bbox_crops(x, mask, self.clip_.draft_size)
+            image = self.clip_.model_.encode_image((crops - self.clip_mean_) / self.clip_std_)
+            blocks.append(F.normalize(image.float(), dim=1) @ self.anchor_vectors_.T)
         scale = 1.0 / math.sqrt(len(blocks))
         return torch.cat([scale * F.normalize(b, dim=1) for b in blocks], dim=1)
 
     @classmethod
     def split(cls, vectors: np.ndarray) -> dict[str, np.ndarray]:
-        """The blocks of encoded ``[n, dim]`` vectors, each back to unit norm."""
+        """The blocks of encoded ``[n, dim]`` vectors, each back to unit norm (columns
+        beyond the three fixed blocks are the ``clip`` block)."""
+        sizes = dict(AestheticEncoder.block_sizes)
+        extra = vectors.shape[1] - sum(sizes.values())
+        if extra < 0:
+            raise ValueError(f"aesthetic vectors have {vectors.shape[1]} columns, expected at "
+                             f"least {sum(sizes.values())}")
+        if extra:
+            sizes[CLIP_BLOCK] = extra
         out, start = {}, 0
-        for name in BLOCKS:
-            size = cls.block_sizes[name]
-            out[name] = vectors[:, start:start + size] * math.sqrt(len(BLOCKS))
+        for name, size in sizes.items():
+            out[name] = vectors[:, start:start + size] * math.sqrt(len(sizes))
             start += size
-        if start != vectors.shape[1]:
-            raise ValueError(f"aesthetic vectors have {vectors.shape[1]} columns, "
-                             f"expected {start}")
         return out
 
 
-DEFAULT_BLOCK_WEIGHTS = {"palette": 2.0, "texture": 0.5, "style": 0.5}
+DEFAULT_BLOCK_WEIGHTS = {"palette": 4.0, "texture": 0.5, "style": 0.5, CLIP_BLOCK: 0.5}
 
 
 class AestheticSpace:
@@ -312,10 +365,11 @@ class AestheticSpace:
 
     def _weights(self) -> dict[str, float]:
         weights = DEFAULT_BLOCK_WEIGHTS | (self.block_weights or {})
-        unknown = set(weights) - set(BLOCKS)
-        if unknown or any(w < 0 for w in weights.values()) or not sum(weights.values()) > 0:
-            raise ValueError(f"block_weights must be non-negative weights of {BLOCKS} with a "
-                             f"positive sum, got {self.block_weights}")
+        unknown = set(weights) - {*BLOCKS, CLIP_BLOCK}
+        if unknown or any(w < 0 for w in weights.values()) or not sum(
+                weights[b] for b in BLOCKS) > 0:
+            raise ValueError(f"block_weights must be non-negative weights of {BLOCKS} (and "
+                             f"{CLIP_BLOCK!r}) with a positive sum, got {self.block_weights}")
         return weights
 
     def fit(self, item_vectors: np.ndarray, style_vectors: np.ndarray) -> AestheticSpace:
@@ -340,9 +394,9 @@ class AestheticSpace:
             raise ValueError(f"domain must be 'items' or 'styles', got {domain!r}")
         z = (np.asarray(vectors, np.float64) - self.means_[domain]) / self.scale_
         weights = self._weights()
-        total = sum(weights.values())
         parts = AestheticEncoder.split(z)
-        out = [math.sqrt(weights[name] / total) * _unit(parts[name]) for name in BLOCKS]
+        total = sum(weights[name] for name in parts)
+        out = [math.sqrt(weights[name] / total) * _unit(parts[name]) for name in parts]
         return np.concatenate(out, axis=1).astype(np.float32)
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -479,8 +533,35 @@ class PersonalStyle:
     weights: tuple[float, ...]
 
 
+HUBNESS = ("csls", "zscore", "isoftmax")
+
+
 class AestheticMatcher:
     """FAISS index of style references in the aesthetic space; nearest and mixed styles.
+
+    A few references (dark or white-ground paintings) are everyone's nearest
+    neighbour in the plain cosine: *hubness*. ``hubness`` corrects it with the
+    references' similarity to a population of users, learned at :meth:`fit`:
+
+    ``"csls"``
+        cross-domain similarity local scaling (Conneau et al. 2018, "Word
+        translation without parallel data"): ``2 cos(u, s) - r_U(s) - r_S(u)``,
+        where ``r_U(s)`` is the mean cosine of reference ``s`` to its ``hub_k``
+        nearest population vectors and ``r_S(u)`` the mean cosine of ``u`` to its
+        ``hub_k`` nearest references (constant per user: it does not change a
+        user's ranking, but the score keeps its definition);
+    ``"zscore"``
+        ``(cos(u, s) - mean_s) / std_s`` with each reference's mean and standard
+        deviation of the cosine over the population;
+    ``"isoftmax"``
+        inverted softmax (Smith et al. 2017, "Offline bilingual word vectors, orthogonal
+        transformations and the inverted softmax"): the log of a softmax over the
+        population, ``cos(u, s) - t log mean_v exp(cos(v, s) / t)`` with
+        ``t = hub_temperature``; a small ``t`` subtracts the reference's best cosine to
+        the population, a large one its mean.
+
+    Each is a per-reference scale and offset, so the FAISS index holds
+    ``[a_s · s, b_s]`` and is queried with ``[u, 1]``: any factory string still works.
 
     Parameters
     ----------
@@ -494,26 +575,59 @@ class AestheticMatcher:
     mix_k : int
         References mixed into a personal style.
     temperature : float
-        Softmax temperature of the mixing weights over the top-``mix_k`` cosines.
+        Softmax temperature of the mixing weights over the top-``mix_k`` scores (and
+        of the pooling over a user's centroids).
     half_life_days : float or None
         Recency half-life of users' aesthetic vectors (:meth:`taste_model`); needs a
         time on every event, so the default is none (any log works); the study in
         ``docs/aesthetic.md`` uses 60 days.
+    hubness : {"isoftmax", "csls", "zscore", None}
+        Hubness correction of the score (see above); ``None``: the plain cosine. The
+        default (inverted softmax at ``hub_temperature=0.01``) was chosen on the 300 demo
+        shoppers (``docs/aesthetic.md``).
+    hub_k : int
+        Neighbourhood size of ``"csls"`` (capped at the population and the library).
+    hub_temperature : float
+        Temperature of ``"isoftmax"``.
+    max_centroids : int
+        Most aesthetic vectors per user (:meth:`taste_model`): 1 is the weighted mean of
+        their items; more is a weighted k-means with one centroid per
+        ``items_per_centroid`` items. A user's score for a reference pools their
+        centroids' scores weighted by centroid mass,
+        ``temperature · log Σ_c w_c exp(score_c / temperature)`` (the best centroid's
+        score when one dominates).
+    items_per_centroid : int
 
     Attributes
     ----------
     space_ : AestheticSpace
     index_ : StyleIndex
-        Over the references' aesthetic vectors.
+        Over the references' aesthetic vectors (augmented with the hubness offset).
     style_ids_ : list of str
     style_paths_ : dict of str to str
+    style_vectors_ : ndarray of float32, shape (n_styles, dim)
+        The references in the space.
+    hub_scale_, hub_offset_ : ndarray of float32, shape (n_styles,)
+        The per-reference ``a_s`` and ``b_s`` of the hubness correction (``None`` without).
+    population_ : int
+        Vectors the correction was learned on.
     magenta_ : ndarray of float32, shape (n_styles, 100) or None
         Raw style vectors for :meth:`personal_style` (``None``: fitted without them).
+
+    Examples
+    --------
+    >>> matcher = AestheticMatcher(hubness="csls", hub_k=10).fit(
+    ...     library, style_descriptors, item_descriptors, magenta,
+    ...     interactions=log, item_ids=item_ids)  # doctest: +SKIP
+    >>> ids, scores = matcher.match(profiles, k=3)  # doctest: +SKIP
     """
 
     def __init__(self, block_weights: Mapping[str, float] | None = None, center: bool = True,
                  factory: str = "Flat", mix_k: int = 3, temperature: float = 0.05,
-                 half_life_days: float | None = None, standardise_palette: bool = False) -> None:
+                 half_life_days: float | None = None, standardise_palette: bool = False,
+                 hubness: str | None = "isoftmax", hub_k: int = 10,
+                 hub_temperature: float = 0.01,
+                 max_centroids: int = 1, items_per_centroid: int = 4) -> None:
         self.block_weights = dict(block_weights) if block_weights else None
         self.standardise_palette = standardise_palette
         self.half_life_days = half_life_days
@@ -521,9 +635,28 @@ class AestheticMatcher:
         self.factory = factory
         self.mix_k = mix_k
         self.temperature = temperature
+        self.hubness = hubness
+        self.hub_k = hub_k
+        self.hub_temperature = hub_temperature
+        self.max_centroids = max_centroids
+        self.items_per_centroid = items_per_centroid
+
+    def get_params(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+
+    def _check_params(self) -> None:
+        if self.mix_k < 1 or not self.temperature > 0 or not self.hub_temperature > 0:
+            raise ValueError(f"mix_k must be >= 1 and temperature, hub_temperature > 0, got "
+                             f"{self.mix_k}, {self.temperature}, {self.hub_temperature}")
+        if self.hubness is not None and self.hubness not in HUBNESS:
+            raise ValueError(f"hubness must be None or one of {HUBNESS}, got {self.hubness!r}")
+        for name in ("hub_k", "max_centroids", "items_per_centroid"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def fit(self, library: StyleLibrary, style_descriptors: np.ndarray,
-            item_descriptors: np.ndarray, magenta_vectors: np.ndarray | None = None
+            item_descriptors: np.ndarray, magenta_vectors: np.ndarray | None = None, *,
+            interactions: Interactions | None = None, item_ids: Sequence[str] | None = None
             ) -> AestheticMatcher:
         """Fit the space on the items' and references' descriptors and index the references.
 
@@ -536,44 +669,145 @@ class AestheticMatcher:
             The same for the catalog (the item domain's mean and scale).
         magenta_vectors : ndarray, shape (n_styles, 100), optional
             Raw Magenta vectors (:meth:`StyleLibrary.magenta_vectors`) for personal styles.
+        interactions : Interactions, optional
+            The users the hubness correction is learned on (their aesthetic vectors from
+            :meth:`taste_model`); without it, each item stands for a user of one item.
+        item_ids : sequence of str, optional
+            Ids of the ``item_descriptors`` rows; needed with ``interactions``.
         """
         if len(style_descriptors) != len(library):
             raise ValueError(f"{len(style_descriptors)} style descriptors for a library of "
                              f"{len(library)}")
-        if self.mix_k < 1 or not self.temperature > 0:
-            raise ValueError(f"mix_k must be >= 1 and temperature > 0, got {self.mix_k}, "
-                             f"{self.temperature}")
+        self._check_params()
         self.space_ = AestheticSpace(self.block_weights, self.center,
                                      self.standardise_palette).fit(item_descriptors,
                                                                    style_descriptors)
-        vectors = self.space_.transform(style_descriptors, "styles")
         self.style_ids_ = library.ids
         self.style_paths_ = dict(zip(library.ids, library.paths, strict=True))
-        self.index_ = StyleIndex(self.factory).fit(library.ids, vectors, encoder_id="aesthetic")
+        items = self.item_vectors(item_descriptors)
+        if interactions is not None:
+            if item_ids is None:
+                raise ValueError("fit with interactions needs the item_ids of the descriptors")
+            items = self.taste_model().fit(interactions, item_ids, items).vectors_
+        self._calibrate(self.space_.transform(style_descriptors, "styles"), items)
         self.magenta_ = None if magenta_vectors is None else np.asarray(magenta_vectors,
                                                                          np.float32)
         return self
 
+    def _calibrate(self, style_vectors: np.ndarray, population: np.ndarray
+                   ) -> AestheticMatcher:
+        """Learn the hubness correction on ``population`` vectors and index the references."""
+        self.style_vectors_ = np.asarray(style_vectors, np.float32)
+        self.population_ = len(population)
+        self.hub_scale_ = self.hub_offset_ = None
+        vectors = self.style_vectors_
+        if self.hubness is not None:
+            if not len(population):
+                raise ValueError("the hubness correction needs a non-empty population")
+            scale, offset = self._population_statistics(np.asarray(population, np.float32))
+            self.hub_scale_, self.hub_offset_ = scale.astype(np.float32), offset.astype(np.float32)
+            vectors = np.hstack([vectors * self.hub_scale_[:, None], self.hub_offset_[:, None]])
+        self.index_ = StyleIndex(self.factory).fit(self.style_ids_, vectors,
+                                                   encoder_id="aesthetic")
+        return self
+
+    def _population_statistics(self, population: np.ndarray, chunk: int = 65536
+                               ) -> tuple[np.ndarray, np.ndarray]:
+        """The per-reference scale and offset of the correction, streamed over chunks of the
+        population (millions of users x hundreds of references need not fit in memory)."""
+        n_styles, t = len(self.style_vectors_), self.hub_temperature
+        k = min(self.hub_k, len(population))
+        top = np.full((0, n_styles), -np.inf)  # csls: the k best cosines so far per reference
+        total, squares = np.zeros(n_styles), np.zeros(n_styles)  # zscore
+        peak, mass = np.full(n_styles, -np.inf), np.zeros(n_styles)  # isoftmax: log-sum-exp
+        for start in range(0, len(population), chunk):
+            cos = (population[start:start + chunk] @ self.style_vectors_.T).astype(np.float64)
+            if self.hubness == "csls":
+                both = np.concatenate([top, cos])
+                top = -np.partition(-both, k - 1, axis=0)[:k] if len(both) > k else both
+            elif self.hubness == "zscore":
+                total += cos.sum(0)
+                squares += (cos ** 2).sum(0)
+            else:
+                new_peak = np.maximum(peak, cos.max(0))
+                mass = mass * np.exp((peak - new_peak) / t) + np.exp(
+                    (cos - new_peak) / t).sum(0)
+                peak = new_peak
+        n = len(population)
+        if self.hubness == "csls":
+            return np.full(n_styles, 2.0), -top.mean(0)
+        if self.hubness == "zscore":
+            mean = total / n
+            std = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0)) + 1e-6
+            return 1.0 / std, -mean / std
+        return np.ones(n_styles), -(peak + t * np.log(mass / n))
+
     def taste_model(self) -> TasteModel:
         """The unfitted :class:`~recsys.taste.TasteModel` that turns what users engaged with
-        (confidence and recency weighted) into aesthetic vectors from :meth:`item_vectors`."""
-        return TasteModel(half_life_days=self.half_life_days)
+        (confidence and recency weighted) into aesthetic vectors from :meth:`item_vectors`:
+        the weighted mean, or ``max_centroids`` k-means centroids."""
+        if self.max_centroids == 1:
+            return TasteModel(half_life_days=self.half_life_days)
+        return TasteModel("kmeans", half_life_days=self.half_life_days,
+                          max_centroids=self.max_centroids,
+                          items_per_centroid=self.items_per_centroid)
 
     def item_vectors(self, descriptors: np.ndarray) -> np.ndarray:
         """Item descriptors in the fitted space (unit rows)."""
         return self.space_.transform(descriptors, "items")
 
-    def match(self, user_vectors: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` nearest references (ids ``[n, k]``, cosines ``[n, k]``) of user vectors
-        in the space (e.g. a :class:`~recsys.taste.TasteModel` fitted on :meth:`item_vectors`)."""
-        return self.index_.search(user_vectors, k, encoder_id="aesthetic")
+    def _user_offset(self, vectors: np.ndarray) -> np.ndarray:
+        """``-r_S(u)`` of CSLS (0 otherwise): minus the mean cosine to the nearest references."""
+        if self.hubness != "csls":
+            return np.zeros(len(vectors), np.float32)
+        cos = vectors @ self.style_vectors_.T
+        k = min(self.hub_k, cos.shape[1])
+        return -(-np.partition(-cos, k - 1, axis=1)[:, :k]).mean(1)
 
-    def personal_style(self, user_vectors: np.ndarray) -> list[PersonalStyle]:
+    def _search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        vectors = np.asarray(vectors, np.float32)
+        queries = vectors
+        if self.hubness is not None:
+            queries = np.hstack([vectors, np.ones((len(vectors), 1), np.float32)])
+        ids, scores = self.index_.search(queries, k, encoder_id="aesthetic")
+        return ids, scores + self._user_offset(vectors)[:, None]
+
+    def match(self, users: np.ndarray | TasteProfiles, k: int = 1
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best references (ids ``[n, k]``, scores ``[n, k]``, best first) of users.
+
+        ``users``: unit vectors ``[n, dim]`` in the space, or the
+        :class:`~recsys.taste.TasteProfiles` of :meth:`taste_model` fitted on
+        :meth:`item_vectors` (several centroids per user are pooled). The score is the
+        cosine, or its hubness-corrected form.
+        """
+        if not isinstance(users, TasteProfiles):
+            return self._search(users, k)
+        if users.vectors.shape[1] == 1:
+            return self._search(users.vectors[:, 0], k)
+        n, width, dim = users.vectors.shape
+        n_styles = len(self.style_ids_)
+        ids, scores = self._search(users.vectors.reshape(-1, dim), n_styles)
+        row = {s: i for i, s in enumerate(self.style_ids_)}
+        dense = np.full((n * width, n_styles), -np.inf)
+        for r, (row_ids, row_scores) in enumerate(zip(ids, scores, strict=True)):
+            found = [j for j, s in enumerate(row_ids) if s is not None]
+            dense[r, [row[row_ids[j]] for j in found]] = row_scores[found]
+        t = self.temperature
+        with np.errstate(divide="ignore"):
+            logits = dense.reshape(n, width, n_styles) / t + np.log(users.weights)[..., None]
+        top = logits.max(1, keepdims=True)
+        pooled = t * (top[:, 0] + np.log(np.exp(logits - top).sum(1)))
+        order = np.argsort(-pooled, axis=1, kind="stable")[:, :min(k, n_styles)]
+        return (np.asarray(self.style_ids_, dtype=object)[order],
+                np.take_along_axis(pooled, order, 1).astype(np.float32))
+
+    def personal_style(self, users: np.ndarray | TasteProfiles) -> list[PersonalStyle]:
         """Each user's mix of their top-``mix_k`` references' Magenta style vectors,
-        weighted by a softmax of the cosines at ``temperature``."""
+        weighted by a softmax of the scores at ``temperature``."""
         if self.magenta_ is None:
             raise RuntimeError("fit the matcher with magenta_vectors for personal styles")
-        ids, sims = self.match(user_vectors, self.mix_k)
+        ids, sims = self.match(users, self.mix_k)
         row_of = {s: i for i, s in enumerate(self.style_ids_)}
         styles = []
         for row_ids, row_sims in zip(ids, sims, strict=True):
@@ -584,34 +818,54 @@ class AestheticMatcher:
                                         tuple(float(w) for w in weights)))
         return styles
 
+    def mix_vector(self, mix: Sequence[tuple[str, float]]) -> np.ndarray:
+        """The Magenta vector ``[100]`` of a mix of references ``[(style_id, weight), ...]``
+        (a :class:`PersonalStyle`'s, or ``StyleMatch.mix`` of a slate)."""
+        if self.magenta_ is None:
+            raise RuntimeError("fit the matcher with magenta_vectors for personal styles")
+        row_of = {s: i for i, s in enumerate(self.style_ids_)}
+        weights = np.array([w for _, w in mix], np.float32)
+        return (weights @ self.magenta_[[row_of[s] for s, _ in mix]]).astype(np.float32)
+
     def save(self, path: str | Path) -> Path:
         """Write the fitted matcher to the folder ``path`` (JSON + npz + FAISS; no pickle)."""
         with atomic_directory(path, "matcher.json") as tmp:
             self.index_.save(tmp)  # index.faiss + meta.json
-            arrays = self.space_.arrays()
+            arrays = self.space_.arrays() | {"style_vectors": self.style_vectors_}
             if self.magenta_ is not None:
                 arrays["magenta"] = self.magenta_
+            if self.hubness is not None:
+                arrays |= {"hub_scale": self.hub_scale_, "hub_offset": self.hub_offset_}
             write_npz_atomic(tmp / "arrays.npz", arrays)
-            meta = {"format": FORMAT_VERSION, "block_weights": self.block_weights,
-                    "center": self.center, "factory": self.factory, "mix_k": self.mix_k,
-                    "temperature": self.temperature, "half_life_days": self.half_life_days,
-                    "standardise_palette": self.standardise_palette,
-                    "style_paths": self.style_paths_,
+            meta = {"format": FORMAT_VERSION, "params": self.get_params(),
+                    "population": self.population_, "style_paths": self.style_paths_,
                     "style_ids": self.style_ids_}
             write_bytes_atomic(tmp / "matcher.json", json.dumps(meta, indent=2).encode())
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> AestheticMatcher:
+        """A matcher written by :meth:`save` (format 2, or round 1's format 1: no hubness
+        correction, and palette weight 2 where its weights were the defaults)."""
         path = saved_directory(path, "matcher.json")
-        meta = read_meta(path, "matcher.json", "AestheticMatcher", FORMAT_VERSION)
-        self = cls(meta["block_weights"], meta["center"], meta["factory"], meta["mix_k"],
-                   meta["temperature"], meta["half_life_days"], meta["standardise_palette"])
+        meta = read_meta(path, "matcher.json", "AestheticMatcher", (1, FORMAT_VERSION))
+        if meta["format"] == 1:
+            meta["params"] = {k: meta[k] for k in (
+                "block_weights", "center", "factory", "mix_k", "temperature",
+                "half_life_days", "standardise_palette")} | {"hubness": None}
+            meta["params"]["block_weights"] = (meta["block_weights"] or
+                                               {"palette": 2.0, "texture": 0.5, "style": 0.5})
+        self = cls(**meta["params"])
+        self.index_ = StyleIndex.load(path)
         with np.load(path / "arrays.npz", allow_pickle=False) as z:
             self.space_ = AestheticSpace.from_arrays(z, self.block_weights, self.center,
                                                      self.standardise_palette)
+            self.style_vectors_ = (z["style_vectors"] if "style_vectors" in z else
+                                   self.index_.index_.reconstruct_n(0, self.index_.index_.ntotal))
             self.magenta_ = z["magenta"] if "magenta" in z else None
-        self.index_ = StyleIndex.load(path)
+            self.hub_scale_ = z["hub_scale"] if "hub_scale" in z else None
+            self.hub_offset_ = z["hub_offset"] if "hub_offset" in z else None
+        self.population_ = meta.get("population", 0)
         self.style_ids_ = meta["style_ids"]
         self.style_paths_ = meta["style_paths"]
         return self

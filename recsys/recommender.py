@@ -102,8 +102,9 @@ class SlateEntry:
 
 @dataclass(frozen=True)
 class StyleMatch:
-    """The style reference nearest to a user's aesthetic (cosine ``similarity`` in the
-    aesthetic space of :mod:`recsys.aesthetic`) and the user's personal ``mix`` of their
+    """The style reference nearest to a user's aesthetic (``similarity``: the matcher's
+    score in the aesthetic space of :mod:`recsys.aesthetic`, a cosine or its hubness
+    correction) and the user's personal ``mix`` of their
     nearest references (``(style_id, weight)`` pairs, best first)."""
 
     style_id: str
@@ -209,7 +210,11 @@ class StyleRecommender:
         by default); its descriptors are cached in ``cache_dir`` too.
     style_params : dict, optional
         :class:`~recsys.aesthetic.AestheticMatcher` parameters (``block_weights``,
-        ``half_life_days``, ``mix_k``…).
+        ``hubness``, ``max_centroids``, ``half_life_days``, ``mix_k``…); a hubness
+        correction is learned on the users of the log ``fit`` is given.
+    style_encoder_params : dict, optional
+        Options of a named ``style_encoder`` (e.g. the ``clip_model`` and
+        ``clip_checkpoint`` of :class:`~recsys.aesthetic.AestheticEncoder`).
     renderer : stylers.Renderer, optional
         Used by ``recommend(render=True)``: anything with a
         ``render([(item_id, item_image, style_id, style_image), ...]) -> [path, ...]``
@@ -274,6 +279,7 @@ class StyleRecommender:
         ranker_params: dict[str, Any] | None = None,
         style_encoder: Any = "aesthetic",
         style_params: dict[str, Any] | None = None,
+        style_encoder_params: dict[str, Any] | None = None,
         renderer: Any = None,
         ranker: str = "learned",
         learned_params: dict[str, Any] | None = None,
@@ -290,6 +296,7 @@ class StyleRecommender:
         self.ranker_params = ranker_params
         self.style_encoder = style_encoder
         self.style_params = style_params
+        self.style_encoder_params = style_encoder_params
         self.renderer = renderer
         self.ranker = ranker
         self.learned_params = learned_params
@@ -439,8 +446,13 @@ class StyleRecommender:
         from recsys.aesthetic import AestheticMatcher
         from recsys.encoders import create_encoder
 
-        encoder = (create_encoder(self.style_encoder) if isinstance(self.style_encoder, str)
-                   else self.style_encoder)
+        if isinstance(self.style_encoder, str):
+            encoder = create_encoder(self.style_encoder, **(self.style_encoder_params or {}))
+        elif self.style_encoder_params:
+            raise ValueError("style_encoder_params apply to a named style_encoder, not an "
+                             "encoder instance")
+        else:
+            encoder = self.style_encoder
         item_ids = self.ranker_.item_ids_
         items, ok, _ = self._embed(encoder, item_ids, catalog)
         refs, ref_ok, failures = self._embed(encoder, np.asarray(styles.ids, dtype=str),
@@ -448,7 +460,8 @@ class StyleRecommender:
         if not ref_ok.all():
             raise ValueError(f"style references could not be described: {failures}")
         matcher = AestheticMatcher(**(self.style_params or {}))
-        self.styles_ = matcher.fit(styles, refs, items[ok], styles.magenta_vectors())
+        self.styles_ = matcher.fit(styles, refs, items[ok], styles.magenta_vectors(),
+                                   interactions=interactions, item_ids=item_ids[ok])
         self.style_taste_ = matcher.taste_model().fit(interactions, item_ids[ok],
                                                       matcher.item_vectors(items[ok]))
         self.style_paths_ = dict(self.styles_.style_paths_)
@@ -519,7 +532,8 @@ class StyleRecommender:
             items, are not recommended.
         render : bool
             Render each entry in the user's matched style (needs ``renderer``
-            and style references).
+            and style references): their personal mix when the renderer's styler
+            takes a style code, the nearest reference otherwise.
 
         Returns
         -------
@@ -638,9 +652,9 @@ class StyleRecommender:
                       ) -> list[StyleMatch | None]:
         if self.styles_ is None:
             return [None] * len(user_ids)
-        vectors = self.style_taste_.transform(user_ids, history).mean_vectors()
-        ids, sims = self.styles_.match(vectors, 1)
-        mixes = self.styles_.personal_style(vectors)
+        profiles = self.style_taste_.transform(user_ids, history)
+        ids, sims = self.styles_.match(profiles, 1)
+        mixes = self.styles_.personal_style(profiles)
         return [StyleMatch(str(i), self.style_paths_[str(i)], float(s),
                            tuple(zip(m.references, m.weights, strict=True)))
                 for i, s, m in zip(ids[:, 0], sims[:, 0], mixes, strict=True)]
@@ -649,19 +663,30 @@ class StyleRecommender:
                 ) -> tuple[list[list[str | None]], list[list[str | None]]]:
         """Rendered image paths of every entry (one ``renderer.render`` call for the
         batch) and why an entry was not rendered (its item or style image is missing,
-        changed since fit, or outside its root; reported, the others still render)."""
+        changed since fit, or outside its root; reported, the others still render).
+
+        A styler with a continuous style code (``style_code_dim``, the Magenta vector)
+        renders the user's personal mix; others the nearest reference's image."""
         problems = {}
         pairs, skipped = [], []
+        code_dim = getattr(getattr(self.renderer, "styler", None), "style_code_dim", None)
         for row, style in zip(items, styles, strict=True):
+            mixed = bool(style.mix) and code_dim == self.styles_.magenta_.shape[1]
+            images = [(self.item_paths_[str(item)], "items") for item in row]
+            if not mixed:
+                images.append((style.path, "styles"))
+            for image, root in images:
+                if image not in problems:
+                    problems[image] = self._image_problem(image, root)
+            style_problem = None if mixed else problems[style.path]
+            target = ((_mix_label(style.mix), self.styles_.mix_vector(style.mix)) if mixed
+                      else (style.style_id, style.path))
             for item in row:
                 path = self.item_paths_[str(item)]
-                for image, root in ((path, "items"), (style.path, "styles")):
-                    if image not in problems:
-                        problems[image] = self._image_problem(image, root)
-                problem = problems[path] or problems[style.path]
+                problem = problems[path] or style_problem
                 skipped.append(problem)
                 if problem is None:
-                    pairs.append((str(item), path, style.style_id, style.path))
+                    pairs.append((str(item), path, *target))
         for image, problem in problems.items():
             if problem:
                 log.warning("not rendering with %s: %s", image, problem)
@@ -712,7 +737,7 @@ class StyleRecommender:
             params = {name: getattr(self, name) for name in (
                 "cf_model", "cf_params", "encoder_params", "cache_dir", "embedding_dim",
                 "whiten", "taste_params", "blend", "ranker_params", "style_params", "ranker",
-                "learned_params")}
+                "learned_params", "style_encoder_params")}
             params["encoder"] = self.encoder if isinstance(self.encoder, str) else None
             params["style_encoder"] = (self.style_encoder if isinstance(self.style_encoder, str)
                                        else None)
@@ -767,6 +792,11 @@ class StyleRecommender:
                              f"{' '.join(str(err).split())[:300]}); fit it again") from err
         model._index_columns()
         return model
+
+
+def _mix_label(mix: tuple[tuple[str, float], ...]) -> str:
+    """The style id of a rendered mix, e.g. ``mix:wave=0.70+kiss=0.30``."""
+    return "mix:" + "+".join(f"{s}={w:.2f}" for s, w in mix)
 
 
 def _style_library(styles: Any) -> Any:

@@ -86,7 +86,9 @@ class CandidateSource(ABC):
                                                return_inverse=True)
         events["item"] = item_codes
         self.now_ = events["time"].max()
-        self.histories_ = _Histories(events, self.now_)
+        self.histories_ = _Histories(events["user_id"].to_numpy(str),
+                                     events["item"].to_numpy(np.int64),
+                                     events["time"].to_numpy(), self.now_)
         self._fit(events)
         return self
 
@@ -147,15 +149,20 @@ class CandidateSource(ABC):
 class _Histories:
     """Each user's events (fit item codes and ages in days at the cut-off)."""
 
-    def __init__(self, events: pd.DataFrame, now: pd.Timestamp) -> None:
-        events = events[events["time"].isna() | (events["time"] <= now)] if pd.notna(now) \
-            else events
-        age = ((now - events["time"]) / _DAY).fillna(0.0).to_numpy(np.float64) \
-            if pd.notna(now) else np.zeros(len(events))
-        order = np.argsort(events["user_id"].to_numpy(str), kind="stable")
-        users = events["user_id"].to_numpy(str)[order]
-        self.items = events["item"].to_numpy(np.int64)[order]
-        self.ages = age[order]
+    def __init__(self, users: np.ndarray, items: np.ndarray, times: np.ndarray,
+                 now: pd.Timestamp) -> None:
+        # arrays, not a frame: this also runs per request for users with online events
+        if pd.notna(now):
+            missing = np.isnat(times)
+            keep = missing | (times <= np.datetime64(now))
+            age = np.where(missing, 0.0, (np.datetime64(now) - times) / _DAY)[keep]
+            users, items = users[keep], items[keep]
+        else:
+            age = np.zeros(len(users))
+        order = np.argsort(users, kind="stable")
+        users = users[order]
+        self.items = items.astype(np.int64)[order]
+        self.ages = age.astype(np.float64)[order]
         starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else []
         bounds = np.r_[starts, len(users)].astype(int)
         self.spans = {users[s]: (s, e) for s, e in zip(bounds[:-1], bounds[1:], strict=True)}
@@ -176,11 +183,12 @@ class _Histories:
     def overridden_by(self, history: Interactions, item_ids: np.ndarray) -> _Histories:
         """The users of ``history`` with their events there, everyone else's from ``self``
         (looked up, not copied: a request's history holds a few users)."""
-        events = _external_events(history)
-        ids = events["item_id"].to_numpy(str)
+        ev = history.events
+        ids = history.item_ids[ev["item"].to_numpy()].astype(str)
         codes = np.minimum(np.searchsorted(item_ids, ids), len(item_ids) - 1)  # sorted at fit
-        codes[item_ids[codes] != ids] = -1
-        fresh = _Histories(events.assign(item=codes)[codes >= 0], self.now)
+        known = item_ids[codes] == ids
+        fresh = _Histories(history.user_ids[ev["user"].to_numpy()[known]].astype(str),
+                           codes[known], ev["time"].to_numpy()[known], self.now)
         fresh.base = self
         fresh.overridden = frozenset(fresh.spans)
         return fresh

@@ -93,6 +93,19 @@ class EncoderSpec:
 
 
 @dataclass
+class StyleMatchSpec:
+    """The style matcher (used with ``styles``): its descriptor ``encoder`` and the
+    encoder's ``encoder_params`` (e.g. ``clip_model`` and ``clip_checkpoint`` of
+    :class:`~recsys.aesthetic.AestheticEncoder`), and the
+    :class:`~recsys.aesthetic.AestheticMatcher` ``params`` (block weights, hubness
+    correction, centroids, ...)."""
+
+    encoder: str = "aesthetic"
+    params: dict[str, Any] = field(default_factory=dict)
+    encoder_params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class RendererSpec:
     """Options of :class:`stylers.renderer.Renderer`; ``protect``: the parameters of a
     :class:`stylers.protection.ProtectedStyler` around the styler (``None``: unprotected)."""
@@ -128,6 +141,7 @@ class PipelineSpec:
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
     taste: dict[str, Any] = field(default_factory=dict)
     styles: str | None = None
+    style_match: StyleMatchSpec = field(default_factory=StyleMatchSpec)
     styler: ComponentSpec | None = None
     renderer: RendererSpec = field(default_factory=RendererSpec)
 
@@ -183,6 +197,16 @@ class PipelineSpec:
             from recsys.encoders import ENCODERS
 
             _check_component(self.encoder, "encoder", ENCODERS.get)
+            if self.styles is not None:
+                from recsys.aesthetic import AestheticMatcher
+
+                try:
+                    factory = ENCODERS.get(self.style_match.encoder)
+                except LookupError as err:
+                    raise SpecError(f"style_match.encoder: {err}") from None
+                _check_params(_signature_owner(factory), self.style_match.encoder_params,
+                              "style_match.encoder_params")
+                _check_params(AestheticMatcher, self.style_match.params, "style_match.params")
         if self.styler is not None:
             from stylers.protection import ProtectedStyler
             from stylers.registry import STYLERS
@@ -404,6 +428,9 @@ def recommender_arguments(spec: PipelineSpec) -> dict[str, Any]:
         "blend": 0.5 if learned else ranker.pop("taste_weight", 0.5),
         "ranker_params": None if learned else ranker,
         "learned_params": ranker if learned else None,
+        "style_encoder": spec.style_match.encoder,
+        "style_params": dict(spec.style_match.params) or None,
+        "style_encoder_params": dict(spec.style_match.encoder_params) or None,
     }
 
 
@@ -433,6 +460,10 @@ def spec_of(model: Any) -> PipelineSpec:
                             None if model.cache_dir is None else str(model.cache_dir),
                             model.embedding_dim, model.whiten),
         taste=dict(model.taste_params or {}),
+        style_match=StyleMatchSpec(
+            model.style_encoder if isinstance(model.style_encoder, str)
+            else getattr(model.style_encoder, "name", base.style_match.encoder),
+            dict(model.style_params or {}), dict(model.style_encoder_params or {})),
     )
 
 

@@ -543,7 +543,7 @@ def create_app(
             "seen": item in history, "style": _style(slate), "fallback": slate.fallback,
             "folded_in": slate.folded_in, "taste_fallback": slate.taste_fallback,
             "similar_history": _similar(loaded, item, history), "sources": [],
-            "model_version": loaded.version}
+            "reasons": [], "ranked_by": slate.ranked_by, "model_version": loaded.version}
         for rank, entry in enumerate(slate.entries, 1):
             if entry.item_id == item:
                 body |= {"rank": rank, "score": _number(entry.score), "cf": _number(entry.cf),
@@ -551,7 +551,10 @@ def create_app(
                          "same_family": entry.group,
                          "sources": (["popularity" if slate.fallback else "cf"]
                                      if not entry.cold else []) + ["taste"]
-                         + (["same-family"] if entry.group else [])}
+                         + (["same-family"] if entry.group else []),
+                         # the learned ranker's largest feature contributions
+                         "reasons": [{"feature": name, "contribution": _number(value)}
+                                     for name, value in entry.reasons]}
                 break
         return JSONResponse(body)
 

@@ -14,6 +14,8 @@ Examples
 >>> args = parser.parse_args(["style-report", "--windows", "4"])
 >>> args.func is run_style_report, args.windows, args.styles.name
 (True, 4, 'styles')
+>>> _matcher_params(parser.parse_args(["style-report", "--hubness", "none", "--hub-k", "5"]))
+{'hubness': None, 'hub_k': 5}
 """
 
 from __future__ import annotations
@@ -57,6 +59,17 @@ def add_style_report_parser(subparsers: argparse._SubParsersAction) -> argparse.
     p.add_argument("--half-life-days", type=float, default=60.0)
     p.add_argument("--block-weight", action="append", default=[], metavar="BLOCK=W",
                    help="weight of an aesthetic block (palette, texture, style) in the match")
+    p.add_argument("--hubness", choices=("none", "csls", "zscore", "isoftmax"),
+                   help="hubness correction of the match (default: the matcher's)")
+    p.add_argument("--hub-k", type=int, help="neighbourhood of --hubness csls")
+    p.add_argument("--hub-temperature", type=float, help="temperature of --hubness isoftmax")
+    p.add_argument("--max-centroids", type=int,
+                   help="aesthetic vectors per shopper (1: the weighted mean)")
+    p.add_argument("--items-per-centroid", type=int)
+    p.add_argument("--clip-model", help="open_clip model name of the optional clip block")
+    p.add_argument("--clip-checkpoint", type=Path,
+                   help="local weights file of --clip-model (adds text-anchor aesthetics; "
+                        "nothing is downloaded)")
     p.add_argument("--shoppers", type=int, default=6, help="shoppers shown with renders")
     p.add_argument("--render-items", type=int, default=2, help="renders per shopper")
     p.add_argument("--quality-pairs", type=int, default=3,
@@ -88,7 +101,10 @@ def run_style_report(args: argparse.Namespace) -> int:
         transactions, articles, args.images, library, args.cache_dir, windows=args.windows,
         window_days=args.window_days, history_days=args.history_days,
         half_life_days=args.half_life_days, threads=args.threads,
-        block_weights={k: float(v) for k, v in (w.split("=", 1) for w in args.block_weight)})
+        block_weights={k: float(v) for k, v in (w.split("=", 1) for w in args.block_weight)},
+        matcher_params=_matcher_params(args),
+        encoder_params={"clip_model": args.clip_model, "clip_checkpoint": args.clip_checkpoint}
+        if args.clip_checkpoint else None)
     result["params"].update({"transactions": str(args.transactions), "images": str(args.images),
                              "styles": str(args.styles), "seed": args.seed})
     args.out.mkdir(parents=True, exist_ok=True)
@@ -103,6 +119,16 @@ def run_style_report(args: argparse.Namespace) -> int:
     page = _write_page(result, shown, renders, library, args)
     print(_summary(result) + f"\n-> {page}")
     return 0
+
+
+def _matcher_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The matcher options given on the command line (the others keep their defaults)."""
+    given = {name: getattr(args, name) for name in ("hubness", "hub_k", "hub_temperature",
+                                                    "max_centroids", "items_per_centroid")}
+    params = {k: v for k, v in given.items() if v is not None}
+    if params.get("hubness") == "none":
+        params["hubness"] = None
+    return params
 
 
 def _image_tensor(path: str | Path, max_side: int = 384) -> Any:
@@ -186,7 +212,10 @@ def _save(image: Any, path: Path) -> None:
 
 
 def _summary(result: dict) -> str:
-    lines = []
+    matcher = result["params"]["matcher"]
+    lines = [f"matcher: block weights {result['params']['block_weights']}, hubness "
+             f"{matcher['hubness']} (k {matcher['hub_k']}, temperature "
+             f"{matcher['hub_temperature']}), {matcher['max_centroids']} centroid(s) per shopper"]
     for judge, c in result["colour"].items():
         lines.append(f"colour agreement ({judge}): mean percentile {c['mean_percentile']:.3f} "
                      f"[{c['ci_low']:.3f}, {c['ci_high']:.3f}] over {c['users']} (random 0.5)")
@@ -198,9 +227,11 @@ def _summary(result: dict) -> str:
                  f"{m['random_pair']:.3f}, ratio {m['ratio']:.3f} "
                  f"[{m['ratio_ci_low']:.3f}, {m['ratio_ci_high']:.3f}]")
     d = result["discrimination"]
-    lines.append(f"discrimination: normalised entropy {d['normalised_entropy']:.3f}, "
+    lines.append(f"discrimination: normalised entropy {d['normalised_entropy']:.3f} "
+                 f"[{d['entropy_ci_low']:.3f}, {d['entropy_ci_high']:.3f}], "
                  f"{d['styles_used']}/{d['n_styles']} styles used, top style "
-                 f"{d['max_share_over_fair']:.2f}x its fair share")
+                 f"{d['max_share_over_fair']:.2f}x its fair share "
+                 f"[{d['max_share_ci_low']:.2f}, {d['max_share_ci_high']:.2f}]")
     if "behaviour" in result:
         b = result["behaviour"]
         lines.append(f"behaviour: {b['matched_share']:.4f} of later purchases near the matched "

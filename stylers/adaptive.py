@@ -118,6 +118,7 @@ class AdaptiveStyler(Styler):
                                           preserve_color)
         self.uses_style_image = styler.uses_style_image
         self.fp16_safe = styler.fp16_safe
+        self.style_code_dim = styler.style_code_dim
 
     @property
     def device(self) -> torch.device:

@@ -43,6 +43,7 @@ class ArbitraryStyler(Styler):
     """
 
     fp16_safe = True
+    style_code_dim = 100  # the style predictor's vector
 
     def __init__(self, strength: float = 1.0, content_size: int | None = None):
         super().__init__()

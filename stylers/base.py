@@ -35,6 +35,9 @@ class Styler(nn.Module):
         is ignored and the renderer does not key its cache on it).
     fp16_safe : bool
         True when the styler may run under CUDA fp16 autocast.
+    style_code_dim : int or None
+        Size of a continuous style code that :meth:`stylize` takes in place of a style
+        image (``[B or 1, style_code_dim]``, e.g. a mix of several styles); None: images only.
 
     Examples
     --------
@@ -55,6 +58,7 @@ class Styler(nn.Module):
     version: ClassVar[int] = 1
     uses_style_image: ClassVar[bool] = True
     fp16_safe: ClassVar[bool] = False
+    style_code_dim: ClassVar[int | None] = None
 
     @property
     def params(self) -> dict[str, Any]:

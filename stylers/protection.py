@@ -220,6 +220,7 @@ class ProtectedStyler(Styler):
         # the wrapper behaves like the wrapped styler towards the renderer
         self.uses_style_image = styler.uses_style_image
         self.fp16_safe = styler.fp16_safe
+        self.style_code_dim = styler.style_code_dim
 
     @property
     def device(self) -> torch.device:

@@ -1,8 +1,10 @@
 """Batched, cached rendering of (item, style) pairs with any styler.
 
 Each render is stored under a key that hashes the item image's bytes, the style
-image's bytes (unless the styler ignores it), the styler's name, version and
-params, and the output size/format. Asking again costs a file-existence check,
+image's bytes (unless the styler ignores it) or the style code's values (a
+styler with a continuous style code takes one in place of an image, e.g. a
+shopper's personal mix of references), the styler's name, version and params,
+and the output size/format. Asking again costs a file-existence check,
 so the work grows with distinct items x styles, never with users.
 """
 
@@ -18,6 +20,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -31,8 +34,9 @@ from .base import Styler
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
-# (item id, item image, style id, style image or None for stylers that ignore it)
-RenderPair = tuple[str, PathLike, str, PathLike | None]
+# (item id, item image, style id, style: an image, a 1-d style code for stylers with
+# ``style_code_dim``, or None for stylers that ignore it)
+RenderPair = tuple[str, PathLike, str, PathLike | np.ndarray | torch.Tensor | None]
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _FORMATS = ("png", "jpg")
 _MIN_TILE = 16
@@ -136,21 +140,33 @@ class Renderer:
 
     # -- keys -------------------------------------------------------------------------
 
-    def cache_key(self, item_image: PathLike, style_image: PathLike | None) -> str:
-        """Hex key of one render: hashes of both images' bytes, styler identity, size, format."""
+    def cache_key(self, item_image: PathLike,
+                  style_image: PathLike | np.ndarray | torch.Tensor | None) -> str:
+        """Hex key of one render: hashes of the item image's bytes and of the style image's
+        bytes (or the style code's values), styler identity, size, format."""
         uses_style = self.styler.uses_style_image
         if uses_style and style_image is None:
             raise ValueError(f"styler {self.styler.name!r} needs a style image")
         payload = {
             "item": file_sha256(item_image),
-            "style": file_sha256(style_image) if uses_style else None,
+            "style": self._style_digest(style_image) if uses_style else None,
             "styler": self.styler.identity(),
             "max_side": self.max_side,
-            "style_side": self.style_side if uses_style else None,
+            "style_side": (self.style_side if uses_style and _style_code(style_image) is None
+                           else None),
             "format": self.image_format,
         }
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
+
+    def _style_digest(self, style: PathLike | np.ndarray | torch.Tensor) -> str:
+        code = _style_code(style)
+        if code is None:
+            return file_sha256(style)
+        if code.shape[0] != self.styler.style_code_dim:
+            raise ValueError(f"styler {self.styler.name!r} takes style codes of size "
+                             f"{self.styler.style_code_dim}, got one of size {code.shape[0]}")
+        return "code:" + hashlib.sha256(code.tobytes()).hexdigest()
 
     def cache_path(self, key: str) -> Path:
         """Where the render with ``key`` lives."""
@@ -165,7 +181,9 @@ class Renderer:
         Parameters
         ----------
         pairs : sequence of tuple
-            ``style_image`` may be None for stylers that ignore the style image.
+            ``style_image`` may be None for stylers that ignore the style image, or a
+            1-d style code (array or tensor of ``styler.style_code_dim`` values) for
+            stylers that take one.
         skip_unreadable : bool
             A pair whose image is missing or can't be decoded gets ``None`` (the
             reason goes to ``skipped`` and the log) instead of failing the batch.
@@ -252,16 +270,21 @@ class Renderer:
     def _batches(
         self, todo: Mapping[str, RenderPair], failed: dict[str, str], skip: bool
     ) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor | None]]:
-        # one style image loaded once per group; within it, same-size items share a batch
+        # one style loaded once per group; within it, same-size items share a batch
         by_style: dict[str, list[str]] = defaultdict(list)
         for key, (_, _, _, style_image) in todo.items():
-            style_key = file_sha256(style_image) if self.styler.uses_style_image else ""
+            style_key = self._style_digest(style_image) if self.styler.uses_style_image else ""
             by_style[style_key].append(key)
         for keys in by_style.values():
             style_image = todo[keys[0]][3]
+            code = _style_code(style_image)
             try:
-                style = (load_image(style_image, self.style_side)[None]
-                         if self.styler.uses_style_image else None)
+                if not self.styler.uses_style_image:
+                    style = None
+                elif code is not None:
+                    style = torch.from_numpy(code)[None]
+                else:
+                    style = load_image(style_image, self.style_side)[None]
             except (OSError, ImageLoadError) as err:
                 if not skip:
                     raise
@@ -356,6 +379,15 @@ class Renderer:
                 out[..., top:top + tile, left:left + tile] += styled * ramp
                 weight[..., top:top + tile, left:left + tile] += ramp
         return out / weight.clamp(min=1e-6)
+
+
+def _style_code(style: object) -> np.ndarray | None:
+    """A style given as a code (array or tensor) as float32 ``[d]``; None for an image path."""
+    if isinstance(style, torch.Tensor):
+        style = style.detach().cpu().numpy()
+    if isinstance(style, np.ndarray):
+        return np.ascontiguousarray(style, np.float32).reshape(-1)
+    return None
 
 
 def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:

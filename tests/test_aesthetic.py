@@ -19,6 +19,7 @@ from evaluation.style_fit import (
     stability,
 )
 from recsys.aesthetic import (
+    BLOCKS,
     AestheticEncoder,
     AestheticMatcher,
     AestheticSpace,
@@ -26,6 +27,7 @@ from recsys.aesthetic import (
     palette_histogram,
 )
 from stylers.adaptive import AdaptiveStyler, plain_background
+from stylers.base import Styler
 from stylers.colorspace import rgb_to_lab
 
 DIM = sum(AestheticEncoder.block_sizes.values())
@@ -133,6 +135,139 @@ def test_matcher_mixes_top_references_and_round_trips(tmp_path):
     assert np.allclose(loaded.personal_style(users)[0].vector, mixes[0].vector)
 
 
+def _toy_matcher(hubness, hub_k=2, **params):
+    """Three references h, a, b (unit axes) calibrated on three users who all have the hub
+    ``h`` as their plain nearest reference."""
+    users = np.array([[1, 0, 0], [0.8, 0.6, 0], [0.8, 0, 0.6]], np.float32)
+    matcher = AestheticMatcher(hubness=hubness, hub_k=hub_k, **params)
+    matcher.style_ids_ = ["h", "a", "b"]
+    return matcher._calibrate(np.eye(3, dtype=np.float32), users), users
+
+
+def test_csls_demotes_the_hub_with_hand_computed_scores():
+    plain, users = _toy_matcher(None)
+    assert plain.match(users, 1)[0][:, 0].tolist() == ["h", "h", "h"]
+    csls, _ = _toy_matcher("csls")
+    # r_U (mean cosine to the 2 nearest users): h (1 + .8)/2 = .9, a (.6 + 0)/2 = .3, b .3
+    assert csls.hub_offset_ == pytest.approx([-0.9, -0.3, -0.3])
+    # r_S (mean cosine to the 2 nearest references): .5, .7, .7
+    # u1: 2·1 - .9 - .5 = .6 for h; u2: 2·.6 - .3 - .7 = .2 for a (h: 1.6 - .9 - .7 = 0)
+    ids, scores = csls.match(users, 2)
+    assert ids[:, 0].tolist() == ["h", "a", "b"] and ids[1:, 1].tolist() == ["h", "h"]
+    assert scores[:, 0] == pytest.approx([0.6, 0.2, 0.2], abs=1e-6)
+    assert scores[1, 1] == pytest.approx(0.0, abs=1e-6)
+    # z-scores: cos of h over users (1, .8, .8): mean .8667, std .0943; u2 to h -0.707
+    z, _ = _toy_matcher("zscore")
+    ids, scores = z.match(users, 2)
+    assert ids[:, 0].tolist() == ["h", "a", "b"]
+    assert scores[1, 1] == pytest.approx((0.8 - 2.6 / 3) / np.std([1, 0.8, 0.8]), abs=1e-4)
+    # inverted softmax at t = .1: h's offset .1 log((e^10 + 2 e^8) / 3) = .914;
+    # u2: a .6 - .1 log((e^6 + 2) / 3) = .109 beats h .8 - .914
+    inv, _ = _toy_matcher("isoftmax", hub_temperature=0.1)
+    assert -inv.hub_offset_[0] == pytest.approx(0.1 * np.log((np.exp(10) + 2 * np.exp(8)) / 3),
+                                                abs=1e-5)
+    assert inv.match(users, 1)[0][:, 0].tolist() == ["h", "a", "b"]
+    with pytest.raises(ValueError, match="hubness must be"):
+        AestheticMatcher(hubness="inverted")._check_params()
+
+
+@pytest.mark.parametrize("hubness", ["csls", "zscore", "isoftmax"])
+def test_hubness_statistics_stream_over_chunks_of_the_population(hubness):
+    rng = np.random.default_rng(3)
+    population = _unit_rows(rng.normal(size=(50, 6))).astype(np.float32)
+    matcher = AestheticMatcher(hubness=hubness, hub_k=7, hub_temperature=0.05)
+    matcher.style_vectors_ = _unit_rows(rng.normal(size=(4, 6))).astype(np.float32)
+    whole = matcher._population_statistics(population)
+    for got, expected in zip(matcher._population_statistics(population, chunk=3), whole,
+                             strict=True):
+        assert got == pytest.approx(expected, abs=1e-9)
+    cos = population.astype(np.float64) @ matcher.style_vectors_.T
+    offset = {"csls": -np.sort(cos, 0)[-7:].mean(0),
+              "zscore": -cos.mean(0) / (cos.std(0) + 1e-6),
+              "isoftmax": -0.05 * np.log(np.exp(cos / 0.05).mean(0))}[hubness]
+    assert whole[1] == pytest.approx(offset, abs=1e-6)
+
+
+def _unit_rows(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_centroids_pool_by_mass_with_a_log_sum_exp():
+    from recsys.taste import TasteProfiles
+
+    matcher, _ = _toy_matcher(None, temperature=0.05)
+    # one user: a heavy centroid (mass .75) mildly near h, a light one (.25) close to a
+    c1, c2 = [0.5, 0.3, np.sqrt(0.66)], [0.2, 0.9, np.sqrt(0.15)]
+    profiles = TasteProfiles(np.array([[c1, c2]], np.float32), np.array([[0.75, 0.25]],
+                             np.float32), np.array([False]), np.array([False]))
+    ids, scores = matcher.match(profiles, 3)
+    # h: .05 log(.75 e^(.5/.05) + .25 e^(.2/.05)); a: .05 log(.75 e^6 + .25 e^18)
+    expected = {"h": 0.05 * np.log(0.75 * np.exp(10) + 0.25 * np.exp(4)),
+                "a": 0.05 * np.log(0.75 * np.exp(6) + 0.25 * np.exp(18)),
+                "b": 0.05 * np.log(0.75 * np.exp(20 * np.sqrt(0.66))
+                                   + 0.25 * np.exp(20 * np.sqrt(0.15)))}
+    assert ids[0].tolist() == sorted(expected, key=expected.get, reverse=True)
+    assert scores[0] == pytest.approx(sorted(expected.values(), reverse=True), abs=1e-5)
+    # a single centroid is matched like its vector
+    single = TasteProfiles(np.array([[c1]], np.float32), np.ones((1, 1), np.float32),
+                           np.array([False]), np.array([False]))
+    assert np.array_equal(matcher.match(single, 3)[0], matcher.match(np.array([c1]), 3)[0])
+
+
+def test_hubness_is_learned_on_the_fit_population_and_saved(tmp_path):
+    from recsys.interactions import Interactions
+
+    library = StyleLibrary.from_folder(_library(tmp_path))
+    rng = np.random.default_rng(2)
+    styles, items = rng.normal(size=(4, DIM)), rng.normal(size=(12, DIM))
+    item_ids = [f"i{j}" for j in range(12)]
+    log = Interactions.from_frame(pd.DataFrame({
+        "user_id": np.repeat(["u0", "u1", "u2"], 4), "item_id": item_ids,
+        "t": pd.date_range("2020-01-01", periods=12, freq="D")}), time_col="t")
+    params = {"hubness": "csls", "hub_k": 2, "max_centroids": 2, "items_per_centroid": 2}
+    matcher = AestheticMatcher(**params).fit(library, styles, items, interactions=log,
+                                             item_ids=item_ids)
+    assert matcher.population_ == 6  # 3 users x 2 centroids
+    taste = matcher.taste_model().fit(log, item_ids, matcher.item_vectors(items))
+    cos = taste.vectors_ @ matcher.style_vectors_.T
+    assert -matcher.hub_offset_ == pytest.approx(np.sort(cos, 0)[-2:].mean(0), abs=1e-5)
+    by_items = AestheticMatcher(**params).fit(library, styles, items)
+    assert by_items.population_ == 12
+    profiles = taste.transform(["u0", "u1", "u2"])
+    loaded = AestheticMatcher.load(matcher.save(tmp_path / "matcher"))
+    assert loaded.get_params() == matcher.get_params()
+    for a, b in zip(loaded.match(profiles, 4), matcher.match(profiles, 4), strict=True):
+        assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="item_ids"):
+        AestheticMatcher(**params).fit(library, styles, items, interactions=log)
+
+
+def test_a_round_one_matcher_still_loads(tmp_path):
+    """Format 1 (no hubness correction; weights None meant palette 2) is read as it was."""
+    import json
+
+    library = StyleLibrary.from_folder(_library(tmp_path))
+    rng = np.random.default_rng(4)
+    styles, items = rng.normal(size=(4, DIM)), rng.normal(size=(30, DIM))
+    old = AestheticMatcher({"palette": 2.0}, hubness=None).fit(library, styles, items)
+    folder = old.save(tmp_path / "matcher")
+    meta = json.loads((folder / "matcher.json").read_text())
+    v1 = {"format": 1, **meta.pop("params"), "style_paths": meta["style_paths"],
+          "style_ids": meta["style_ids"]}
+    v1["block_weights"] = None
+    for key in ("hubness", "hub_k", "hub_temperature", "max_centroids", "items_per_centroid"):
+        v1.pop(key)
+    (folder / "matcher.json").write_text(json.dumps(v1))
+    with np.load(folder / "arrays.npz") as z:
+        np.savez(folder / "arrays.npz", **{k: z[k] for k in z if k != "style_vectors"})
+    loaded = AestheticMatcher.load(folder)
+    assert loaded.hubness is None and loaded.block_weights["palette"] == 2.0
+    users = old.item_vectors(items[:6])
+    for a, b in zip(loaded.match(users, 4), old.match(users, 4), strict=True):
+        assert np.array_equal(a, b)
+    assert np.allclose(loaded.style_vectors_, old.style_vectors_)
+
+
 def test_arbitrary_styler_takes_a_precomputed_style_vector():
     from stylers.registry import create_styler
 
@@ -186,6 +321,11 @@ def test_percentiles_palette_distance_and_discrimination_known_answers():
     p = np.array([0.5, 0.25, 0.25])
     assert disc["normalised_entropy"] == pytest.approx(-(p * np.log(p)).sum() / np.log(4))
     assert disc["max_share_over_fair"] == pytest.approx(2.0)
+    # a resample's top share lies between 1 (a quarter of 4 shoppers) and 4 (all alike)
+    assert 1.0 <= disc["max_share_ci_low"] <= 2.0 <= disc["max_share_ci_high"] <= 4.0
+    assert disc["entropy_ci_low"] <= disc["normalised_entropy"] <= disc["entropy_ci_high"]
+    alike = discrimination(["a"] * 5, 4)
+    assert (alike["max_share_ci_low"], alike["max_share_ci_high"]) == (4.0, 4.0)
 
 
 def test_stability_against_chance_and_behaviour_lift():
@@ -211,3 +351,214 @@ def test_split_halves_never_cuts_a_day():
     older, newer = split_halves(frame, "unit", "day")
     assert older["day"].dt.day.tolist() == [1, 1, 2] and newer["day"].dt.day.tolist() == [3, 3]
     assert "v" not in set(older["unit"]) | set(newer["unit"])  # a single day: no halves
+
+
+class _CodeStyler(Styler):
+    """Paints the product in its style's colour: a style image's mean RGB, or the first three
+    values of a style code; records the codes it was given."""
+
+    name = "test-code"
+
+    def __init__(self, code_dim: int = 3):
+        super().__init__()
+        self.style_code_dim = code_dim
+        self.codes: list[torch.Tensor] = []
+
+    @property
+    def params(self) -> dict:
+        return {"code_dim": self.style_code_dim}
+
+    def stylize(self, content, style):
+        if style.ndim == 2:
+            self.codes.append(style.clone())
+            colour = style[:, :3]
+        else:
+            content, style = self.check_inputs(content, style)
+            colour = style.mean((2, 3))
+        return colour[:, :, None, None].expand_as(content).clamp(0, 1)
+
+
+def test_renderer_renders_a_style_code_and_keys_the_cache_on_it(tmp_path):
+    from stylers.renderer import Renderer
+
+    _product((200, 30, 30)).save(tmp_path / "item.png")
+    Image.new("RGB", (16, 16), (0, 0, 255)).save(tmp_path / "blue.png")
+    renderer = Renderer(_CodeStyler(), tmp_path / "renders", device="cpu", progress=False)
+    code = np.array([0.2, 0.4, 0.6], np.float32)
+    item = tmp_path / "item.png"
+    by_code, by_image = renderer.render([("i", item, "mix", code),
+                                         ("i", item, "blue", tmp_path / "blue.png")])
+    pixel = np.asarray(Image.open(by_code))[0, 0]
+    assert pixel.tolist() == [51, 102, 153]  # the code's colour, 0.2/0.4/0.6 x 255
+    assert np.asarray(Image.open(by_image))[0, 0].tolist() == [0, 0, 255]
+    assert renderer.render([("i", item, "mix", torch.from_numpy(code))]) == [by_code]
+    assert renderer.stats["hits"] == 1 and len(renderer.styler.codes) == 1
+    other = renderer.render([("i", item, "mix", code + 0.2)])[0]
+    assert other != by_code and np.asarray(Image.open(other))[0, 0].tolist() == [102, 153, 204]
+    with pytest.raises(ValueError, match="takes style codes of size 3, got one of size 4"):
+        renderer.render([("i", item, "mix", np.zeros(4))])
+
+
+@pytest.fixture(scope="module")
+def colour_shop(tmp_path_factory):
+    """Red and blue products on white, a red and a blue style, 3 shoppers of each colour."""
+    from recsys.catalog import Catalog
+    from recsys.interactions import Interactions
+
+    root = tmp_path_factory.mktemp("colour-shop")
+    colours = {"red": (200, 30, 30), "blue": (30, 40, 200)}
+    (root / "styles").mkdir()
+    for c, rgb in colours.items():
+        for j in range(4):
+            _product(tuple(v + 6 * j for v in rgb)).save(root / f"{c}{j}.png")
+        Image.new("RGB", (64, 64), rgb).save(root / "styles" / f"{c}-style.png")
+    rows = [(f"{c}{u}", f"{c}{j}", f"2020-01-0{j + 1}") for c in colours for u in range(3)
+            for j in range(4)]
+    data = Interactions.from_frame(pd.DataFrame(rows, columns=["user_id", "item_id", "t"]),
+                                   time_col="t")
+    return {"root": root, "data": data, "catalog": Catalog.from_directory(root, pattern="*.png")}
+
+
+def test_style_match_round_trips_through_the_spec_and_fits(colour_shop, tmp_path):
+    from doubles import ColourEncoder
+
+    from recsys.recommender import StyleRecommender
+    from recsys.spec import PipelineSpec, SpecError
+
+    params = {"hubness": "csls", "hub_k": 3, "max_centroids": 2, "items_per_centroid": 2}
+    spec = PipelineSpec.from_dict({"ranker": {"name": "blend", "params": {"taste_weight": 0.5}},
+                                   "encoder": {"embedding_dim": None},
+                                   "style_match": {"params": params}}).validate()
+    model = StyleRecommender.from_params(spec)
+    assert (model.style_encoder, model.style_params) == ("aesthetic", params)
+    assert model.get_params() == spec.to_dict()
+    assert StyleRecommender.from_params(model.get_params()).style_params == params
+
+    model.encoder = ColourEncoder(grid=2)
+    model.fit(colour_shop["data"], colour_shop["catalog"], colour_shop["root"] / "styles")
+    matcher = model.styles_
+    assert matcher.get_params() | params == matcher.get_params()  # the spec's parameters
+    assert matcher.population_ == 12  # 6 users x 2 centroids of their 4 items
+    slates = model.recommend(["red0", "blue1"], k=2)
+    assert [s.style.style_id for s in slates] == ["red-style", "blue-style"]
+    loaded = StyleRecommender.load(model.save(tmp_path / "model"))
+    assert loaded.get_params()["style_match"] == {"encoder": "aesthetic", "params": params,
+                                                  "encoder_params": {}}
+    bad = {"data": {"images": "img"}, "styles": "s", "style_match": {"params": {"hub_k": "x"}}}
+    with pytest.raises(SpecError, match="style_match.params.hub_k: expected int"):
+        PipelineSpec.from_dict(bad).validate()
+
+    # rendering: the personal mix for a styler with a Magenta-sized code, else the nearest
+    from stylers.renderer import Renderer
+
+    model.renderer = Renderer(_CodeStyler(100), tmp_path / "renders", device="cpu",
+                              progress=False)
+    slate = model.recommend(["red0"], k=2, render=True)[0]
+    codes = model.renderer.styler.codes
+    assert len(slate.style.mix) == 2 and len(codes) == 1  # one mix, both items in one batch
+    row = {style: i for i, style in enumerate(matcher.style_ids_)}
+    expected = sum(w * matcher.magenta_[row[style]] for style, w in slate.style.mix)
+    assert np.allclose(codes[0][0].numpy(), expected, atol=1e-5)
+    assert all(e.image is not None for e in slate.entries)
+    model.renderer = Renderer(_CodeStyler(3), tmp_path / "renders", device="cpu",
+                              progress=False)
+    slate = model.recommend(["blue1"], k=1, render=True)[0]
+    assert not model.renderer.styler.codes  # no 100-d code: the nearest reference's image
+    assert np.asarray(Image.open(slate.entries[0].image))[0, 0].tolist() == [30, 40, 200]
+
+
+def test_clip_text_anchors_are_an_optional_fourth_block(tiny_clip, tmp_path, encoder):
+    """The plumbing only: a tiny randomly initialised OpenCLIP model saved to a file."""
+    from recsys.encoders.openclip import OpenCLIPEncoder
+
+    random = OpenCLIPEncoder(tiny_clip, allow_random=True, seed=1, device="cpu")
+    torch.save(random.model_.state_dict(), tmp_path / "tiny.pt")
+    anchors = ("minimalist", "floral", "bohemian")
+    clip = AestheticEncoder(clip_model=tiny_clip, clip_checkpoint=tmp_path / "tiny.pt",
+                            anchors=anchors, device="cpu", num_workers=0)
+    assert clip.dim == DIM + 3 and clip.encoder_id != encoder.encoder_id
+    poster = Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 64, 3), np.uint8))
+    v = clip.encode([poster], progress=False)
+    blocks = AestheticEncoder.split(v)
+    assert list(blocks) == [*BLOCKS, "clip"] and np.allclose(np.linalg.norm(v), 1, atol=1e-5)
+    # the same three blocks as without CLIP; the fourth: cosines to the anchor texts
+    base = AestheticEncoder.split(encoder.encode([poster], progress=False))
+    for name in BLOCKS:
+        assert np.allclose(blocks[name], base[name], atol=1e-5)
+    x = clip.preprocess(poster).permute(2, 0, 1)[None].float() / 255  # full bleed: all of it
+    x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", antialias=True,
+                                        align_corners=False)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        image = torch.nn.functional.normalize(random.model_.encode_image((x - mean) / std))
+    cosines = image.numpy() @ random.encode_text(anchors, "a {} style image").T
+    assert np.allclose(blocks["clip"], cosines / np.linalg.norm(cosines), atol=1e-4)
+    # the space takes the block (centred like texture and style) or leaves it out
+    items = np.concatenate([v, v + 0.01])
+    space = AestheticSpace({"clip": 0}).fit(items, items)
+    assert np.allclose(space.transform(items, "items")[:, DIM:], 0)
+    with pytest.raises(ValueError, match="both clip_model and clip_checkpoint"):
+        AestheticEncoder(clip_model=tiny_clip, device="cpu")
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # flat styles
+def test_style_fit_study_end_to_end_on_two_colours(tmp_path):
+    """Red shoppers and blue shoppers, a red and a blue reference: every check has a known
+    answer when the matcher works (and the hubness correction is learned on the shoppers)."""
+    from evaluation.style_study import style_fit_study
+
+    colours = {"Red": (200, 30, 30), "Dark Blue": (25, 35, 80)}
+    (tmp_path / "images").mkdir()
+    (tmp_path / "styles").mkdir()
+    rows, articles = [], []
+    for c, (name, rgb) in enumerate(colours.items()):
+        for j in range(4):
+            article = f"0{c}{j}"
+            _product(tuple(min(255, v + 8 * j) for v in rgb)).save(
+                tmp_path / "images" / f"{article}.png")
+            articles.append((article, name))
+        Image.new("RGB", (64, 64), rgb).save(tmp_path / "styles" / f"s{c}.png")
+        for u in range(3):
+            rows += [(f"2020-01-0{j + 1}", f"{name}-{u}", f"0{c}{j}") for j in range(4)]
+    transactions = pd.DataFrame(rows, columns=["t_dat", "customer_id", "article_id"])
+    result = style_fit_study(
+        transactions, pd.DataFrame(articles, columns=["article_id", "colour_group_name"]),
+        tmp_path / "images", StyleLibrary.from_folder(tmp_path / "styles"), tmp_path / "cache")
+    assert result["params"]["matcher"]["hubness"] == "isoftmax"
+    assert {u["unit"][:-2]: u["style"] for u in result["units"]} == {"Red": "s0",
+                                                                   "Dark Blue": "s1"}
+    assert result["colour"]["labels"]["mean_percentile"] == 0.0
+    assert result["colour"]["kmeans"]["mean_percentile"] == 0.0
+    assert result["discrimination"]["normalised_entropy"] == pytest.approx(1.0)
+    assert result["discrimination"]["max_share_over_fair"] == pytest.approx(1.0)
+    # both halves of every history match the same colour: agreement 1, chance 1/2
+    assert (result["stability"]["agreement"], result["stability"]["ratio"]) == (1.0, 2.0)
+
+
+def test_the_clip_block_is_configured_through_the_spec(colour_shop, tiny_clip, tmp_path):
+    from doubles import ColourEncoder
+
+    from recsys.encoders.openclip import DEFAULT_STYLE_LABELS, OpenCLIPEncoder
+    from recsys.recommender import StyleRecommender
+    from recsys.spec import PipelineSpec, SpecError
+
+    random = OpenCLIPEncoder(tiny_clip, allow_random=True, device="cpu")
+    torch.save(random.model_.state_dict(), tmp_path / "tiny.pt")
+    clip = {"clip_model": tiny_clip, "clip_checkpoint": str(tmp_path / "tiny.pt")}
+    spec = PipelineSpec.from_dict({"ranker": {"name": "blend", "params": {"taste_weight": 0.5}},
+                                   "encoder": {"embedding_dim": None},
+                                   "style_match": {"encoder_params": clip}}).validate()
+    model = StyleRecommender.from_params(spec)
+    assert model.style_encoder_params == clip and model.get_params() == spec.to_dict()
+    model.encoder = ColourEncoder(grid=2)
+    model.fit(colour_shop["data"], colour_shop["catalog"], colour_shop["root"] / "styles")
+    assert model.styles_.style_vectors_.shape[1] == DIM + len(DEFAULT_STYLE_LABELS)
+    loaded = StyleRecommender.load(model.save(tmp_path / "model"))
+    assert loaded.get_params()["style_match"]["encoder_params"] == clip
+    bad = {"data": {"images": "img"}, "styles": "s",
+           "style_match": {"encoder_params": {"clip_model": 3}}}
+    with pytest.raises(SpecError, match="style_match.encoder_params.clip_model: expected"):
+        PipelineSpec.from_dict(bad).validate()
+    with pytest.raises(SpecError, match="style_match.encoder: unknown encoder 'nope'"):
+        PipelineSpec.from_dict({**bad, "style_match": {"encoder": "nope"}}).validate()

@@ -375,6 +375,29 @@ def test_style_recommender_ranks_with_the_learned_ranker_by_default(tmp_path, we
     assert loaded.recommend(["u00", "u11"], k=4) == model.recommend(["u00", "u11"], k=4)
 
 
+def test_the_service_explains_a_learned_slate_by_its_feature_contributions(tmp_path,
+                                                                         weekly_images):
+    from fastapi.testclient import TestClient
+
+    from recsys.catalog import Catalog
+    from stylerec.service import create_app
+
+    model = _pipeline(learned_params={"train_windows": 3, "validation_windows": 0,
+                                      "n_candidates": 8, "n_rounds": 20,
+                                      "model_params": {"min_data_in_leaf": 5}})
+    model.fit(_weekly_shop(weeks=10), Catalog.from_directory(weekly_images / "images"),
+              weekly_images / "styles").save(tmp_path / "model")
+    with TestClient(create_app(tmp_path / "model", tmp_path / "feedback.db")) as client:
+        top = client.get("/recommend", params={"uid": "u00", "k": 3}).json()["items"][0]
+        body = client.get("/explain", params={"uid": "u00", "item": top["item"]}).json()
+    entry = model.recommend(["u00"], k=3)[0].entries[0]
+    assert body["ranked_by"] == "learned" and body["rank"] == 1
+    assert [r["feature"] for r in body["reasons"]] == [name for name, _ in entry.reasons]
+    assert [r["contribution"] for r in body["reasons"]] == pytest.approx(
+        [value for _, value in entry.reasons], abs=1e-6)
+    assert {r["feature"] for r in body["reasons"]} <= set(model.learned_.feature_names_)
+
+
 def test_too_short_a_log_falls_back_to_the_blend(weekly_images):
     from recsys.catalog import Catalog
 
