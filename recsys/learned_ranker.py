@@ -727,13 +727,7 @@ class LearnedRanker:
                 seen, exclude, strict=True)]
         extra = max((len(e) for e in exclude), default=0) if exclude else 0
         if self.booster_ is None:
-            source = self.sources_[self.source_labels_.index(self.choice_)]
-            width = int(self.n_candidates) + extra
-            ids, scores = source.candidates(user_ids, width, history)
-            valid = ids.ravel() != ""
-            pool = Pool(np.repeat(np.arange(n), width)[valid], ids.ravel()[valid],
-                        np.zeros((int(valid.sum()), len(self.feature_names_)), np.float32))
-            score = scores.ravel()[valid].astype(np.float64)
+            pool, score = self._handed_over(user_ids, history, int(self.n_candidates) + extra)
         else:
             pool, _ = self._pool(self.sources_, self._serve_stats, user_ids, history,
                                  int(self.n_candidates) + extra)
@@ -766,6 +760,31 @@ class LearnedRanker:
                                                pred_leaf=True).reshape(int(keep.sum()), -1)
                 contrib[at] = self._paths[np.arange(leaves.shape[1]), leaves].sum(axis=1)
         return Ranked(out_ids.astype(str), out_scores, features, contrib)
+
+    def _handed_over(self, user_ids: list[str], history: Interactions | None, width: int
+                     ) -> tuple[Pool, np.ndarray]:
+        """The pool of the source the model handed over to, best first (descending place
+        scores). A user it gives fewer than ``width`` items (a new shopper, for
+        repurchase or visual neighbours) gets the next sources' items after them, in the
+        order of their validation MAP@12, so no slate is short for want of history."""
+        order = sorted(range(len(self.sources_)), key=lambda i: (
+            self.source_labels_[i] != self.choice_,
+            -self.validation_.get(self.source_labels_[i], 0.0)))
+        lists: list[dict[str, None]] = [{} for _ in user_ids]
+        for i in order:
+            short = [r for r, listed in enumerate(lists) if len(listed) < width]
+            if not short:
+                break
+            ids, _ = self.sources_[i].candidates([user_ids[r] for r in short], width, history)
+            for r, row in zip(short, ids, strict=True):
+                for item in row:
+                    if item and len(lists[r]) < width:
+                        lists[r].setdefault(str(item))
+        user = np.repeat(np.arange(len(user_ids)), [len(listed) for listed in lists])
+        item = np.array([t for listed in lists for t in listed], dtype=str)
+        place = np.concatenate([np.arange(len(listed)) for listed in lists] + [np.zeros(0)])
+        pool = Pool(user, item, np.zeros((len(item), len(self.feature_names_)), np.float32))
+        return pool, (width - place).astype(np.float64)
 
     # -- persistence ----------------------------------------------------------
 

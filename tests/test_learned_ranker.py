@@ -251,6 +251,17 @@ def test_the_ranker_hands_over_to_the_source_it_cannot_beat():
     users = ["u00", "u07"]
     expected = SOURCES.create("repurchase").fit(data).candidates(users, 3)[0]
     np.testing.assert_array_equal(ranker.rank(users, 3).items, expected)
+    # a shopper repurchase knows nothing of gets the next source's items, not an empty slate
+    popular = SOURCES.create("recent-popularity").fit(data).candidates(["nobody"], 3)[0]
+    np.testing.assert_array_equal(ranker.rank(["nobody"], 3).items, popular)
+    # a short repurchase list is followed by the next source's items it lacks
+    lists = SOURCES.create("repurchase").fit(data).candidates(list(data.user_ids), 40)[0]
+    user, own = next((u, [t for t in row if t]) for u, row in zip(data.user_ids, lists,
+                                                               strict=True)
+                     if 0 < np.count_nonzero(row) < 5)  # 5: n_candidates, the pool's width
+    top = ranker.rank([user], 5).items[0].tolist()
+    assert top[:len(own)] == own and all(top)
+    assert not set(top[len(own):]) & set(own)
 
 
 def test_the_ranker_can_hand_over_to_a_chain_of_its_sources():
