@@ -555,7 +555,7 @@ class StyleRecommender:
         style = self._match_styles(user_ids, history)
         items = [self.ranker_.item_ids_[row[row >= 0]] for row in ranking.items]
         empty = [[None] * len(i) for i in items]
-        images, image_errors = self._render(items, style) if render else (empty, empty)
+        images, image_errors = self.render(items, style) if render else (empty, empty)
         slates = []
         for row, user in enumerate(user_ids):
             keep = ranking.items[row] >= 0
@@ -585,7 +585,7 @@ class StyleRecommender:
         style = self._match_styles(user_ids, history)
         items = [row[row != ""] for row in ranked.items]
         empty = [[None] * len(i) for i in items]
-        images, image_errors = self._render(items, style) if render else (empty, empty)
+        images, image_errors = self.render(items, style) if render else (empty, empty)
         known = _lookup(self._user_pos, user_ids, "user", "ignore") >= 0
         folded = np.zeros(len(user_ids), bool)
         if history is not None:
@@ -659,14 +659,30 @@ class StyleRecommender:
                            tuple(zip(m.references, m.weights, strict=True)))
                 for i, s, m in zip(ids[:, 0], sims[:, 0], mixes, strict=True)]
 
-    def _render(self, items: list[np.ndarray], styles: list[StyleMatch]
-                ) -> tuple[list[list[str | None]], list[list[str | None]]]:
-        """Rendered image paths of every entry (one ``renderer.render`` call for the
-        batch) and why an entry was not rendered (its item or style image is missing,
-        changed since fit, or outside its root; reported, the others still render).
+    def render(self, items: Sequence[Sequence[str]], styles: Sequence[StyleMatch]
+               ) -> tuple[list[list[str | None]], list[list[str | None]]]:
+        """Render each user's items in their matched style (one ``renderer.render`` call).
 
         A styler with a continuous style code (``style_code_dim``, the Magenta vector)
-        renders the user's personal mix; others the nearest reference's image."""
+        renders the user's personal mix; others the nearest reference's image.
+
+        Parameters
+        ----------
+        items : sequence of sequence of str
+            Item ids per user.
+        styles : sequence of StyleMatch
+            Each user's match (``Slate.style``).
+
+        Returns
+        -------
+        images, errors : list of list
+            Per user and item, the rendered file (``None`` if not rendered) and why not
+            (the item or style image is missing, changed since fit, or outside its root;
+            reported, the others still render).
+        """
+        if self.renderer is None or self.styles_ is None:
+            raise ValueError("rendering needs a renderer and style references: pass "
+                             "renderer= to StyleRecommender and styles= to fit")
         problems = {}
         pairs, skipped = [], []
         code_dim = getattr(getattr(self.renderer, "styler", None), "style_code_dim", None)

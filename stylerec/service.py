@@ -355,14 +355,16 @@ class Service:
     # -- rendering ------------------------------------------------------------
 
     def render(self, loaded: LoadedModel, slate: Slate, item: str) -> Path:
-        style = slate.style
-        pair = (item, loaded.catalog[item], style.style_id, style.path)
+        """The item in the shopper's style, as ``recommend(render=True)`` renders it (the
+        personal mix for a styler with a style code); ``LookupError`` if it can't be."""
         with self._render_lock:  # one styler, one render at a time
             hits = self.renderer.stats["hits"]
-            path = self.renderer.render([pair])[0]
+            (paths,), (errors,) = loaded.model.render([[item]], [slate.style])
             hit = self.renderer.stats["hits"] > hits
+        if errors[0]:
+            raise LookupError(f"cannot render {item}: {errors[0]}")
         self.metrics.renders.labels("hit" if hit else "miss").inc()
-        return path
+        return Path(paths[0])
 
 
 # -- the app ------------------------------------------------------------------
@@ -568,7 +570,10 @@ def create_app(
         if loaded.model.styles_ is None:
             raise HTTPException(404, "the model has no style references to render in")
         loaded, (slate,) = await run_in_threadpool(service.slates, [uid], 1)
-        path = await run_in_threadpool(service.render, loaded, slate, item)
+        try:
+            path = await run_in_threadpool(service.render, loaded, slate, item)
+        except LookupError as err:
+            raise HTTPException(404, str(err)) from None
         return FileResponse(path, media_type="image/jpeg")
 
     @app.get("/image/{item}")

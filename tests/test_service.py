@@ -171,6 +171,13 @@ def test_render_serves_a_jpeg_in_the_shoppers_style_then_from_the_cache(shop, cl
     assert photo.content == (shop["root"] / "images" / "green03.jpg").read_bytes()
 
 
+def test_render_is_what_the_library_renders_for_that_shopper(shop, client, tmp_path):
+    served = client.get("/render/user01/green03").content
+    model = StyleRecommender.load(shop["model_dir"], renderer=_renderer(tmp_path / "library"))
+    (paths,), (errors,) = model.render([["green03"]], [model.recommend(["user01"], 1)[0].style])
+    assert errors == [None] and Path(paths[0]).read_bytes() == served
+
+
 @pytest.mark.parametrize("path", [
     "/render/user01/nope", "/render/user01/..%2F..%2Fmodel%2Frecommender.json",
     "/render/user01/%2Fetc%2Fpasswd", "/image/..%2Fmodel%2Frecommender.json", "/image/nope"])
