@@ -543,9 +543,8 @@ class StyleRecommender:
         self._check_fitted()
         if isinstance(user_ids, str):
             raise TypeError("user_ids must be a sequence of ids (batch-first), not a string")
-        if render and (self.renderer is None or self.styles_ is None):
-            raise ValueError("render=True needs a renderer and style references: pass "
-                             "renderer= to StyleRecommender and styles= to fit")
+        if render:
+            self._check_can_render()  # before the ranking work, not after
         user_ids = [str(u) for u in user_ids]
         if self.learned_ is not None:
             return self._learned_slates(user_ids, k, history, render)
@@ -680,9 +679,7 @@ class StyleRecommender:
             (the item or style image is missing, changed since fit, or outside its root;
             reported, the others still render).
         """
-        if self.renderer is None or self.styles_ is None:
-            raise ValueError("rendering needs a renderer and style references: pass "
-                             "renderer= to StyleRecommender and styles= to fit")
+        self._check_can_render()
         problems = {}
         pairs, skipped = [], []
         code_dim = getattr(getattr(self.renderer, "styler", None), "style_code_dim", None)
@@ -714,6 +711,11 @@ class StyleRecommender:
             images.append([None if r else str(next(rendered)) for r in reasons])
             errors.append(reasons)
         return images, errors
+
+    def _check_can_render(self) -> None:
+        if self.renderer is None or self.styles_ is None:
+            raise ValueError("render=True needs a renderer and style references: pass "
+                             "renderer= to StyleRecommender and styles= to fit")
 
     def _image_problem(self, path: str, root: str) -> str | None:
         """Why the image at ``path`` can't be rendered now, or None."""
