@@ -68,7 +68,7 @@ class LoadConfig:
     k: int = 10
     warmup: float = 3.0
     server_workers: int = 1
-    slate_cache: int = 100_000
+    slate_cache: int | None = None  # None: the server's default
     startup_timeout: float = 300.0
     seed: int = 0
 
@@ -152,7 +152,8 @@ class _Server:
         cmd = [sys.executable, "-m", "stylerec", "serve", "--model-dir", str(self.cfg.model_dir),
                "--port", str(self.port), "--feedback-log", str(self.log_path), "--no-render",
                "--workers", str(self.cfg.server_workers),
-               "--slate-cache", str(self.cfg.slate_cache)]
+               *(() if self.cfg.slate_cache is None else
+                 ("--slate-cache", str(self.cfg.slate_cache)))]
         with open(self.output, "ab") as out:
             self.proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
@@ -422,8 +423,9 @@ def add_bench_service_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="share of requests for shoppers the model never saw (default 0.1)")
     p.add_argument("-k", type=int, default=10, help="slate length (default 10)")
     p.add_argument("--server-workers", type=int, default=1, help="server processes (default 1)")
-    p.add_argument("--slate-cache", type=int, default=100_000,
-                   help="the server's --slate-cache (default 100000; 0: every request computed)")
+    p.add_argument("--slate-cache", type=int,
+                   help="the server's --slate-cache (default: the server's; 0: every request "
+                        "computed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=REPO / "out" / "bench-service",
                    help="output folder (default: out/bench-service)")
