@@ -533,7 +533,9 @@ class PersonalStyle:
     weights: tuple[float, ...]
 
 
-HUBNESS = ("csls", "zscore", "isoftmax")
+HUBNESS = ("csls", "zscore", "isoftmax", "balanced")
+_PRICE_STEP = 1e-4  # least price raise: a bounced user's preference is strict in float32
+_MAX_PRICE_ROUNDS = 1000
 
 
 class AestheticMatcher:
@@ -558,7 +560,20 @@ class AestheticMatcher:
         transformations and the inverted softmax"): the log of a softmax over the
         population, ``cos(u, s) - t log mean_v exp(cos(v, s) / t)`` with
         ``t = hub_temperature``; a small ``t`` subtracts the reference's best cosine to
-        the population, a large one its mean.
+        the population, a large one its mean;
+    ``"balanced"``
+        capacity-constrained prices (the dual prices of an assignment with capacities:
+        an ascending auction, Bertsekas 1988): ``cos(u, s) - price_s``, with prices
+        chosen so that when every population user takes their best reference at these
+        prices, none holds more than ``max_share`` times its fair share
+        ``n_users / n_styles`` (at least ``ceil(n_users / n_styles)`` users, so the
+        capacities can hold everyone). From zero prices, each round raises the price of
+        every over-subscribed reference by its ``(cap + 1)``-th largest margin (a user's
+        net score there minus at their next best reference) plus ``1e-4``, so all but
+        its ``cap`` most attached users prefer their next option; prices only rise, and
+        rounds repeat until no reference is over its cap (at most 1,000 rounds; a
+        warning names the references still over it). A population under the cap keeps
+        zero prices, i.e. the plain cosine.
 
     Each is a per-reference scale and offset, so the FAISS index holds
     ``[a_s · s, b_s]`` and is queried with ``[u, 1]``: any factory string still works.
@@ -581,7 +596,7 @@ class AestheticMatcher:
         Recency half-life of users' aesthetic vectors (:meth:`taste_model`); needs a
         time on every event, so the default is none (any log works); the study in
         ``docs/aesthetic.md`` uses 60 days.
-    hubness : {"isoftmax", "csls", "zscore", None}
+    hubness : {"isoftmax", "csls", "zscore", "balanced", None}
         Hubness correction of the score (see above); ``None``: the plain cosine. The
         default (inverted softmax at ``hub_temperature=0.01``) was chosen on the 300 demo
         shoppers (``docs/aesthetic.md``).
@@ -589,6 +604,11 @@ class AestheticMatcher:
         Neighbourhood size of ``"csls"`` (capped at the population and the library).
     hub_temperature : float
         Temperature of ``"isoftmax"``.
+    max_share : float
+        Most population users a reference may take under ``"balanced"``, as a multiple
+        (> 1) of its fair share. The default 2.0 was set a priori below the 3× target of
+        ``docs/aesthetic.md``, leaving room for a population other than the one the
+        prices were learned on.
     max_centroids : int
         Most aesthetic vectors per user (:meth:`taste_model`): 1 is the weighted mean of
         their items; more is a weighted k-means with one centroid per
@@ -626,7 +646,7 @@ class AestheticMatcher:
                  factory: str = "Flat", mix_k: int = 3, temperature: float = 0.05,
                  half_life_days: float | None = None, standardise_palette: bool = False,
                  hubness: str | None = "isoftmax", hub_k: int = 10,
-                 hub_temperature: float = 0.01,
+                 hub_temperature: float = 0.01, max_share: float = 2.0,
                  max_centroids: int = 1, items_per_centroid: int = 4) -> None:
         self.block_weights = dict(block_weights) if block_weights else None
         self.standardise_palette = standardise_palette
@@ -638,6 +658,7 @@ class AestheticMatcher:
         self.hubness = hubness
         self.hub_k = hub_k
         self.hub_temperature = hub_temperature
+        self.max_share = max_share
         self.max_centroids = max_centroids
         self.items_per_centroid = items_per_centroid
 
@@ -648,6 +669,9 @@ class AestheticMatcher:
         if self.mix_k < 1 or not self.temperature > 0 or not self.hub_temperature > 0:
             raise ValueError(f"mix_k must be >= 1 and temperature, hub_temperature > 0, got "
                              f"{self.mix_k}, {self.temperature}, {self.hub_temperature}")
+        if not self.max_share > 1:
+            raise ValueError(f"max_share must be > 1 (a multiple of a reference's fair share "
+                             f"n_users / n_styles), got {self.max_share}")
         if self.hubness is not None and self.hubness not in HUBNESS:
             raise ValueError(f"hubness must be None or one of {HUBNESS}, got {self.hubness!r}")
         for name in ("hub_k", "max_centroids", "items_per_centroid"):
@@ -715,6 +739,8 @@ class AestheticMatcher:
                                ) -> tuple[np.ndarray, np.ndarray]:
         """The per-reference scale and offset of the correction, streamed over chunks of the
         population (millions of users x hundreds of references need not fit in memory)."""
+        if self.hubness == "balanced":
+            return np.ones(len(self.style_vectors_)), -self._clearing_prices(population, chunk)
         n_styles, t = len(self.style_vectors_), self.hub_temperature
         k = min(self.hub_k, len(population))
         top = np.full((0, n_styles), -np.inf)  # csls: the k best cosines so far per reference
@@ -741,6 +767,43 @@ class AestheticMatcher:
             std = np.sqrt(np.maximum(squares / n - mean ** 2, 0.0)) + 1e-6
             return 1.0 / std, -mean / std
         return np.ones(n_styles), -(peak + t * np.log(mass / n))
+
+    @staticmethod
+    def _assign(cos: np.ndarray, prices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's best reference at ``prices`` (the first on a tie) and its margin over
+        their next best (``inf`` with one reference)."""
+        net = cos - prices
+        rows = np.arange(len(net))
+        best = net.argmax(1)
+        first = net[rows, best]
+        net[rows, best] = -np.inf
+        return best, first - net.max(1) if net.shape[1] > 1 else np.full(len(net), np.inf)
+
+    def _clearing_prices(self, population: np.ndarray, chunk: int) -> np.ndarray:
+        """Per-reference prices under which no reference is the best of more than its cap of
+        the population (``"balanced"``, see the class docstring). Every round needs all the
+        cosines: they are held in memory (``n_users x n_styles``)."""
+        n, n_styles = len(population), len(self.style_vectors_)
+        cap = max(math.ceil(n / n_styles), math.floor(self.max_share * n / n_styles))
+        cos = np.concatenate([population[start:start + chunk] @ self.style_vectors_.T
+                              for start in range(0, n, chunk)]).astype(np.float64)
+        prices = np.zeros(n_styles)
+        for rounds in range(_MAX_PRICE_ROUNDS + 1):
+            best, margin = self._assign(cos, prices)
+            counts = np.bincount(best, minlength=n_styles)
+            over = np.flatnonzero(counts > cap)
+            if not len(over) or rounds == _MAX_PRICE_ROUNDS:
+                break
+            for s in over:  # the (cap+1)-th largest margin at s: it and those below leave
+                prices[s] += -np.partition(-margin[best == s], cap)[cap] + _PRICE_STEP
+        if len(over):
+            log.warning("balanced hubness: after %d rounds %s still over the cap of %d users "
+                        "(identical users, for one, cannot be split by a price)", rounds,
+                        {self.style_ids_[s]: int(counts[s]) for s in over}, cap)
+        log.info("balanced hubness: %d rounds, %d of %d references priced (highest %.4f), "
+                 "cap %d of %d users, largest share %d", rounds, int((prices > 0).sum()),
+                 n_styles, prices.max(), cap, n, counts.max())
+        return prices
 
     def taste_model(self) -> TasteModel:
         """The unfitted :class:`~recsys.taste.TasteModel` that turns what users engaged with

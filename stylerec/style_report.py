@@ -16,6 +16,9 @@ Examples
 (True, 4, 'styles')
 >>> _matcher_params(parser.parse_args(["style-report", "--hubness", "none", "--hub-k", "5"]))
 {'hubness': None, 'hub_k': 5}
+>>> _matcher_params(parser.parse_args(["style-report", "--hubness", "balanced",
+...                                    "--max-share", "1.5"]))
+{'hubness': 'balanced', 'max_share': 1.5}
 """
 
 from __future__ import annotations
@@ -59,10 +62,13 @@ def add_style_report_parser(subparsers: argparse._SubParsersAction) -> argparse.
     p.add_argument("--half-life-days", type=float, default=60.0)
     p.add_argument("--block-weight", action="append", default=[], metavar="BLOCK=W",
                    help="weight of an aesthetic block (palette, texture, style) in the match")
-    p.add_argument("--hubness", choices=("none", "csls", "zscore", "isoftmax"),
+    p.add_argument("--hubness", choices=("none", "csls", "zscore", "isoftmax", "balanced"),
                    help="hubness correction of the match (default: the matcher's)")
     p.add_argument("--hub-k", type=int, help="neighbourhood of --hubness csls")
     p.add_argument("--hub-temperature", type=float, help="temperature of --hubness isoftmax")
+    p.add_argument("--max-share", type=float,
+                   help="cap of --hubness balanced: most shoppers per reference, as a multiple "
+                        "(> 1) of its fair share")
     p.add_argument("--max-centroids", type=int,
                    help="aesthetic vectors per shopper (1: the weighted mean)")
     p.add_argument("--items-per-centroid", type=int)
@@ -124,7 +130,8 @@ def run_style_report(args: argparse.Namespace) -> int:
 def _matcher_params(args: argparse.Namespace) -> dict[str, Any]:
     """The matcher options given on the command line (the others keep their defaults)."""
     given = {name: getattr(args, name) for name in ("hubness", "hub_k", "hub_temperature",
-                                                    "max_centroids", "items_per_centroid")}
+                                                    "max_share", "max_centroids",
+                                                    "items_per_centroid")}
     params = {k: v for k, v in given.items() if v is not None}
     if params.get("hubness") == "none":
         params["hubness"] = None
@@ -215,7 +222,8 @@ def _summary(result: dict) -> str:
     matcher = result["params"]["matcher"]
     lines = [f"matcher: block weights {result['params']['block_weights']}, hubness "
              f"{matcher['hubness']} (k {matcher['hub_k']}, temperature "
-             f"{matcher['hub_temperature']}), {matcher['max_centroids']} centroid(s) per shopper"]
+             f"{matcher['hub_temperature']}, max share {matcher['max_share']}), "
+             f"{matcher['max_centroids']} centroid(s) per shopper"]
     for judge, c in result["colour"].items():
         lines.append(f"colour agreement ({judge}): mean percentile {c['mean_percentile']:.3f} "
                      f"[{c['ci_low']:.3f}, {c['ci_high']:.3f}] over {c['users']} (random 0.5)")

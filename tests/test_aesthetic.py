@@ -188,6 +188,61 @@ def test_hubness_statistics_stream_over_chunks_of_the_population(hubness):
     assert whole[1] == pytest.approx(offset, abs=1e-6)
 
 
+def _balanced(users, max_share, ids=("h", "a", "b")):
+    matcher = AestheticMatcher(hubness="balanced", max_share=max_share)
+    matcher.style_ids_ = list(ids)
+    return matcher._calibrate(np.eye(len(ids), dtype=np.float32), users)
+
+
+def test_balanced_prices_clear_the_cap_with_hand_computed_rounds():
+    # similarities to (h, a, b): h is every user's nearest; margins at h .8 .7 .3 .1 .05 .15
+    users = np.array([[.9, .1, .1], [.9, .2, .1], [.8, .1, .5], [.6, .5, .1], [.5, .45, .1],
+                      [.55, .4, .35]], np.float32)
+    assert _balanced(users, 10.0).match(users, 1)[0][:, 0].tolist() == ["h"] * 6
+    # cap = floor(1.2 · 6/3) = 2. Round 1: h's 3rd largest margin .3 (+1e-4): u3 -> b
+    # (.5 > .8 - .3001), u4, u5, u6 -> a. Round 2: a holds 3; margins there against the
+    # next option .5 - .2999, .45 - .1999, .4 - .35: the 3rd, .05, prices a at .0501 and
+    # u6 moves to b (.35 > .4 - .0501). Round 3: 2 + 2 + 2, nothing over the cap.
+    matcher = _balanced(users, 1.2)
+    assert -matcher.hub_offset_ == pytest.approx([0.3001, 0.0501, 0.0], abs=1e-6)
+    assert np.all(matcher.hub_scale_ == 1)
+    ids, scores = matcher.match(users, 1)
+    assert ids[:, 0].tolist() == ["h", "h", "b", "a", "a", "b"]
+    assert scores[:, 0] == pytest.approx([.5999, .5999, .5, .4499, .3999, .35], abs=1e-6)
+    # cap 4 (max_share 2): h's 5th margin .1 -> price .1001; u4 and u5 leave for a
+    matcher = _balanced(users, 2.0)
+    assert -matcher.hub_offset_ == pytest.approx([0.1001, 0.0, 0.0], abs=1e-6)
+    assert matcher.match(users, 1)[0][:, 0].tolist() == ["h", "h", "h", "a", "a", "h"]
+    # a population already under the cap keeps the plain cosine
+    spread = np.array([[.9, .1, 0], [.8, .3, 0], [0, .9, .1], [.2, .7, 0], [0, 0, 1],
+                       [.1, .2, .6]], np.float32)
+    assert np.all(_balanced(spread, 1.5).hub_offset_ == 0)
+    with pytest.raises(ValueError, match="max_share must be > 1"):
+        AestheticMatcher(hubness="balanced", max_share=1.0)._check_params()
+
+
+def test_balanced_cap_holds_for_a_hubbed_population_and_survives_save_load(tmp_path):
+    rng = np.random.default_rng(5)
+    library = StyleLibrary.from_folder(_library(tmp_path))
+    styles, items = rng.normal(size=(4, DIM)), rng.normal(size=(40, DIM))
+    styles[0] = items.mean(0) * 3  # a hub: near every item
+    matcher = AestheticMatcher(hubness="balanced", max_share=1.5).fit(library, styles, items)
+    users = matcher.item_vectors(items)
+    plain = AestheticMatcher(hubness=None).fit(library, styles, items).match(users, 1)[0]
+    assert max(np.unique(plain, return_counts=True)[1]) > 15  # the hub takes over 1.5 x 10
+    ids, scores = matcher.match(users, 4)
+    assert max(np.unique(ids[:, 0], return_counts=True)[1]) <= 15
+    cos = users @ matcher.style_vectors_.T
+    row = {s: i for i, s in enumerate(library.ids)}
+    assert scores[:, 0] == pytest.approx(
+        [cos[u, row[s]] + matcher.hub_offset_[row[s]] for u, s in enumerate(ids[:, 0])],
+        abs=1e-5)
+    loaded = AestheticMatcher.load(matcher.save(tmp_path / "matcher"))
+    assert loaded.max_share == 1.5 and loaded.hubness == "balanced"
+    for a, b in zip(loaded.match(users, 4), (ids, scores), strict=True):
+        assert np.array_equal(a, b)
+
+
 def _unit_rows(x):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
