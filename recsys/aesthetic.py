@@ -535,6 +535,7 @@ class PersonalStyle:
 
 HUBNESS = ("csls", "zscore", "isoftmax", "balanced")
 _PRICE_STEP = 1e-4  # least price raise: a bounced user's preference is strict in float32
+_PRICE_TIE = 1e-5  # nets this close to a user's best count as theirs too (float32 index)
 _MAX_PRICE_ROUNDS = 1000
 
 
@@ -569,11 +570,12 @@ class AestheticMatcher:
         ``n_users / n_styles`` (at least ``ceil(n_users / n_styles)`` users, so the
         capacities can hold everyone). From zero prices, each round raises the price of
         every over-subscribed reference by its ``(cap + 1)``-th largest margin (a user's
-        net score there minus at their next best reference) plus ``1e-4``, so all but
-        its ``cap`` most attached users prefer their next option; prices only rise, and
-        rounds repeat until no reference is over its cap (at most 1,000 rounds; a
-        warning names the references still over it). A population under the cap keeps
-        zero prices, i.e. the plain cosine.
+        net score there minus their best elsewhere) plus ``1e-4``, so all but its
+        ``cap`` most attached users prefer their next option; a user counts towards
+        every reference within ``1e-5`` of their best (a float32 index may break a near
+        tie either way). Prices only rise, and rounds repeat until no reference is over
+        its cap (at most 1,000 rounds; a warning names the references still over it).
+        A population under the cap keeps zero prices, i.e. the plain cosine.
 
     Each is a per-reference scale and offset, so the FAISS index holds
     ``[a_s · s, b_s]`` and is queried with ``[u, 1]``: any factory string still works.
@@ -769,15 +771,21 @@ class AestheticMatcher:
         return np.ones(n_styles), -(peak + t * np.log(mass / n))
 
     @staticmethod
-    def _assign(cos: np.ndarray, prices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each user's best reference at ``prices`` (the first on a tie) and its margin over
-        their next best (``inf`` with one reference)."""
+    def _demand(cos: np.ndarray, prices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which references each user may take at ``prices`` (``[n, n_styles]``: within
+        :data:`_PRICE_TIE` of their best net score, since a float32 index may pick any of
+        them) and each net score's margin over the user's best elsewhere."""
         net = cos - prices
         rows = np.arange(len(net))
-        best = net.argmax(1)
-        first = net[rows, best]
-        net[rows, best] = -np.inf
-        return best, first - net.max(1) if net.shape[1] > 1 else np.full(len(net), np.inf)
+        top = net.argmax(1)
+        first = net[rows, top]
+        net[rows, top] = -np.inf
+        second = net.max(1)
+        net[rows, top] = first
+        near = net >= first[:, None] - _PRICE_TIE
+        best_elsewhere = np.where(np.arange(net.shape[1]) == top[:, None], second[:, None],
+                                  first[:, None])
+        return near, net - best_elsewhere
 
     def _clearing_prices(self, population: np.ndarray, chunk: int) -> np.ndarray:
         """Per-reference prices under which no reference is the best of more than its cap of
@@ -789,13 +797,13 @@ class AestheticMatcher:
                               for start in range(0, n, chunk)]).astype(np.float64)
         prices = np.zeros(n_styles)
         for rounds in range(_MAX_PRICE_ROUNDS + 1):
-            best, margin = self._assign(cos, prices)
-            counts = np.bincount(best, minlength=n_styles)
+            near, margin = self._demand(cos, prices)
+            counts = near.sum(0)
             over = np.flatnonzero(counts > cap)
             if not len(over) or rounds == _MAX_PRICE_ROUNDS:
                 break
             for s in over:  # the (cap+1)-th largest margin at s: it and those below leave
-                prices[s] += -np.partition(-margin[best == s], cap)[cap] + _PRICE_STEP
+                prices[s] += -np.partition(-margin[near[:, s], s], cap)[cap] + _PRICE_STEP
         if len(over):
             log.warning("balanced hubness: after %d rounds %s still over the cap of %d users "
                         "(identical users, for one, cannot be split by a price)", rounds,

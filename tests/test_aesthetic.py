@@ -217,6 +217,12 @@ def test_balanced_prices_clear_the_cap_with_hand_computed_rounds():
     spread = np.array([[.9, .1, 0], [.8, .3, 0], [0, .9, .1], [.2, .7, 0], [0, 0, 1],
                        [.1, .2, .6]], np.float32)
     assert np.all(_balanced(spread, 1.5).hub_offset_ == 0)
+    # a tie counts towards both references (a float32 index may break it either way):
+    # h holds 3 = cap plus the tied u4, so its price rises by u4's margin 0 (+1e-4)
+    tied = np.array([[.1, .9], [.2, .8], [.3, .7], [.5, .5]], np.float32)
+    matcher = _balanced(tied, 1.5, ids=("a", "h"))
+    assert -matcher.hub_offset_ == pytest.approx([0.0, 1e-4], abs=1e-7)
+    assert matcher.match(tied, 1)[0][:, 0].tolist() == ["h", "h", "h", "a"]
     with pytest.raises(ValueError, match="max_share must be > 1"):
         AestheticMatcher(hubness="balanced", max_share=1.0)._check_params()
 
