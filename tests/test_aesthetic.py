@@ -227,6 +227,14 @@ def test_balanced_prices_clear_the_cap_with_hand_computed_rounds():
         AestheticMatcher(hubness="balanced", max_share=1.0)._check_params()
 
 
+def test_balanced_stops_after_its_rounds_and_says_what_no_price_can_split(caplog):
+    identical = np.tile(np.array([[.9, .1]], np.float32), (4, 1))  # cap 2 of 4, one vector
+    with caplog.at_level("WARNING", logger="recsys.aesthetic"):
+        matcher = _balanced(identical, 1.2, ids=("h", "a"))
+    assert "after 1000 rounds" in caplog.text and "still over the cap of 2" in caplog.text
+    assert np.all(np.isfinite(matcher.hub_offset_))
+
+
 def test_balanced_cap_holds_for_a_hubbed_population_and_survives_save_load(tmp_path):
     rng = np.random.default_rng(5)
     library = StyleLibrary.from_folder(_library(tmp_path))
