@@ -235,12 +235,14 @@ def test_balanced_stops_after_its_rounds_and_says_what_no_price_can_split(caplog
     assert np.all(np.isfinite(matcher.hub_offset_))
 
 
-def test_balanced_cap_holds_for_a_hubbed_population_and_survives_save_load(tmp_path):
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32"])
+def test_balanced_cap_holds_for_a_hubbed_population_and_survives_save_load(tmp_path, factory):
     rng = np.random.default_rng(5)
     library = StyleLibrary.from_folder(_library(tmp_path))
     styles, items = rng.normal(size=(4, DIM)), rng.normal(size=(40, DIM))
     styles[0] = items.mean(0) * 3  # a hub: near every item
-    matcher = AestheticMatcher(hubness="balanced", max_share=1.5).fit(library, styles, items)
+    matcher = AestheticMatcher(hubness="balanced", max_share=1.5, factory=factory).fit(
+        library, styles, items)
     users = matcher.item_vectors(items)
     plain = AestheticMatcher(hubness=None).fit(library, styles, items).match(users, 1)[0]
     assert max(np.unique(plain, return_counts=True)[1]) > 15  # the hub takes over 1.5 x 10
