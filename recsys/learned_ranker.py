@@ -12,9 +12,12 @@ fit log) and no label inside a feature:
    history only, and label 1 when the user bought the item in the window.
 3. **No default that can hurt.** A model trained on the older windows ranks the
    ``validation_windows`` most recent ones; MAP@12 is compared with each source's
-   own ranking there. If the model does not beat the best source, that source
-   ranks (``choice_``, and :attr:`LearnedRanker.validation_` says why); else the
-   model is retrained on every window.
+   own ranking there. Unless the model's gain over the best source is above 0 at
+   ``validation_confidence`` (a one-sided bootstrap bound over the validation
+   users: a point comparison on a few hundred users would let a model that is
+   merely as good as its best source rank half the time), that source ranks
+   (``choice_``; :attr:`LearnedRanker.validation_` and ``validation_gain_`` say
+   why); else the model is retrained on every window.
 4. **Serving.** The sources are refitted on the whole log.
 
 Features of a (user, item) pair
@@ -70,7 +73,7 @@ from ground.files import (
 from ground.registry import Registry
 from recsys.interactions import Interactions, _lookup
 from recsys.ranker import StyleRanker
-from recsys.sources import GIVEN_GROUPS, SOURCES, CandidateSource, FamilySource
+from recsys.sources import GIVEN_GROUPS, SOURCES, CandidateSource
 from recsys.taste import _check_vectors, _normalise_rows
 from recsys.visual_sources import UserQueries, VisualSource
 
@@ -240,6 +243,11 @@ class LearnedRanker:
     train_windows, validation_windows : int
         Windows the model learns from, and the most recent ones on which it must
         beat every single source (``validation_windows=0`` skips the check).
+    validation_confidence : float or None
+        The model ranks only if the lower bound of its MAP@12 gain over the best
+        source on the validation windows, at this one-sided confidence (2,000
+        bootstrap resamples of the validation users, seeded by ``random_state``), is
+        above 0. ``None`` compares the point estimates.
     label_split : {"time", "random"}
         ``"time"``: label windows are the last days before the cut-off (what a
         deployment predicts: the next purchases). ``"random"``: each window holds
@@ -279,6 +287,10 @@ class LearnedRanker:
     validation_ : dict
         MAP@12 on the validation windows of the model and of each source, and the
         number of (user, window) pairs.
+    validation_gain_ : dict
+        The model's MAP@12 gain over the best source on validation: ``versus`` (that
+        source), ``gain``, ``low`` (the bound the rule compares with 0),
+        ``confidence`` and ``users``; empty without validation.
     feature_names_ : list of str
     feature_importances_ : dict of str to float
         Total gain of each feature.
@@ -286,7 +298,8 @@ class LearnedRanker:
 
     def __init__(self, sources: Sequence[Mapping[str, Any]] = DEFAULT_SOURCES,
                  n_candidates: int = 40, window_days: int = 7, train_windows: int = 8,
-                 validation_windows: int = 2, label_split: str = "time",
+                 validation_windows: int = 2, validation_confidence: float | None = 0.95,
+                 label_split: str = "time",
                  label_fraction: float = 0.2, exclude_seen: bool = False,
                  label_threshold: float | None = None,
                  use_images: bool = True,
@@ -297,6 +310,7 @@ class LearnedRanker:
         self.window_days = window_days
         self.train_windows = train_windows
         self.validation_windows = validation_windows
+        self.validation_confidence = validation_confidence
         self.label_split = label_split
         self.label_fraction = label_fraction
         self.exclude_seen = exclude_seen
@@ -330,6 +344,9 @@ class LearnedRanker:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if int(self.validation_windows) < 0:
             raise ValueError(f"validation_windows must be >= 0, got {self.validation_windows}")
+        if self.validation_confidence is not None and not 0 < self.validation_confidence < 1:
+            raise ValueError("validation_confidence must be in (0, 1) or None, got "
+                             f"{self.validation_confidence}")
         if self.label_split not in LABEL_SPLITS:
             raise ValueError(f"label_split must be one of {LABEL_SPLITS}, got "
                              f"{self.label_split!r}")
@@ -388,17 +405,19 @@ class LearnedRanker:
         n_val = int(self.validation_windows)
         train, valid = examples[:len(examples) - n_val], examples[len(examples) - n_val:]
         train, valid = [e for e in train if e is not None], [e for e in valid if e is not None]
-        self.choice_, self.validation_ = "learned", {}
+        self.choice_, self.validation_, self.validation_gain_ = "learned", {}, {}
         if valid and train:
             booster = self._train(lightgbm, params, train)
-            self.validation_ = self._validate(booster, valid)
-            best = max((k for k in self.validation_ if k not in ("learned", "pairs")),
-                       key=self.validation_.get)
-            if self.validation_["learned"] <= self.validation_[best]:
+            self.validation_, ap, users = self._validate(booster, valid)
+            best = max(self.source_labels_, key=self.validation_.get)
+            gain = self._gain(ap["learned"] - ap[best], users)
+            self.validation_gain_ = {"versus": best, **gain}
+            if not gain["low"] > 0:
                 self.choice_ = best
                 log.warning("learned ranker: MAP@12 %.4f on validation does not beat source "
-                            "%s (%.4f): %s ranks", self.validation_["learned"], best,
-                            self.validation_[best], best)
+                            "%s (%.4f; gain %+.4f, %s bound %+.4f): %s ranks",
+                            self.validation_["learned"], best, self.validation_[best],
+                            gain["gain"], gain["confidence"], gain["low"], best)
         self.booster_ = (self._train(lightgbm, params, usable) if self.choice_ == "learned"
                          else None)
         self.feature_importances_ = {} if self.booster_ is None else dict(zip(
@@ -479,10 +498,10 @@ class LearnedRanker:
                     raise ValueError(f"source {spec['name']!r} needs item_ids and "
                                      "item_vectors at fit")
                 source.set_embeddings(self.embedded_ids_, self.item_vectors_)
-            if isinstance(source, FamilySource) and source.group == GIVEN_GROUPS:
+            if getattr(source, "needs_groups", False):
                 if self.item_groups_ is None:
-                    raise ValueError(f"source 'family' with group={GIVEN_GROUPS!r} needs "
-                                     "item_groups at fit")
+                    raise ValueError(f"source {spec['name']!r} with group={GIVEN_GROUPS!r} "
+                                     "needs item_groups at fit")
                 source.set_groups(self.item_groups_)
             self._templates.append(source)
         self.source_labels_ = [source_label(s) for s in self.sources]
@@ -539,7 +558,8 @@ class LearnedRanker:
                              enumerate(ids)] for ids in source_items]
         y = np.fromiter((pool.item[j] in truth[pool.user[j]] for j in range(len(pool.item))),
                         dtype=np.float32, count=len(pool.item))
-        return {"pool": pool, "y": y, "truth": truth, "source_items": source_items}
+        return {"pool": pool, "y": y, "truth": truth, "source_items": source_items,
+                "users": users}
 
     def _seen(self, stats: _Stats, user_ids: list[str], history: Interactions | None
               ) -> list[set[str]]:
@@ -663,8 +683,12 @@ class LearnedRanker:
                  len(group), 100 * y.mean())
         return lightgbm.train(params, data, num_boost_round=int(self.n_rounds))
 
-    def _validate(self, booster: Any, examples: list[dict]) -> dict[str, float]:
+    def _validate(self, booster: Any, examples: list[dict]
+                  ) -> tuple[dict[str, float], dict[str, np.ndarray], np.ndarray]:
+        """MAP@12 of the model and of each source on the validation windows, with the
+        AP of every (user, window) pair and the pairs' users."""
         ap = {"learned": []} | {label: [] for label in self.source_labels_}
+        users = np.concatenate([e["users"] for e in examples])
         for e in examples:
             pool, truth = e["pool"], e["truth"]
             ranked = _slates(pool, booster.predict(pool.features, num_threads=1), len(truth),
@@ -675,6 +699,25 @@ class LearnedRanker:
                                                                           strict=True)]
         out = {name: float(np.mean(v)) for name, v in ap.items()}
         out["pairs"] = len(ap["learned"])
+        return out, {name: np.asarray(v) for name, v in ap.items()}, users
+
+    def _gain(self, diff: np.ndarray, users: np.ndarray, resamples: int = 2000
+              ) -> dict[str, Any]:
+        """Mean of the per-pair ``diff`` and its lower bound at ``validation_confidence``
+        (resampling users, as a user's pairs in two windows are not independent)."""
+        _, user = np.unique(users, return_inverse=True)
+        total = np.bincount(user, weights=diff)
+        count = np.bincount(user).astype(np.float64)
+        out = {"gain": float(diff.mean()), "low": float(diff.mean()),
+               "confidence": self.validation_confidence, "users": len(total)}
+        if self.validation_confidence is None:
+            return out
+        rng = np.random.default_rng(self.random_state)
+        means = []
+        for start in range(0, resamples, 100):  # bounded memory for large validations
+            draw = rng.integers(0, len(total), size=(min(100, resamples - start), len(total)))
+            means.append(total[draw].sum(1) / count[draw].sum(1))
+        out["low"] = float(np.quantile(np.concatenate(means), 1 - self.validation_confidence))
         return out
 
     def _serve_on(self, interactions: Interactions) -> None:
@@ -813,7 +856,8 @@ class LearnedRanker:
                 "datetime64[ns]").astype(np.int64)
         params = self.get_params() | {"sources": [dict(s) for s in self.sources]}
         meta = {"format": FORMAT_VERSION, "params": params, "choice": self.choice_,
-                "validation": self.validation_, "feature_names": self.feature_names_,
+                "validation": self.validation_, "validation_gain": self.validation_gain_,
+                "feature_names": self.feature_names_,
                 "weighting": data.weighting, "half_life_days": data.half_life_days,
                 "item_groups": self.item_groups_}
         with atomic_directory(path, "ranker.json") as tmp:
@@ -852,6 +896,7 @@ class LearnedRanker:
             raise ValueError(f"{path}: saved features {meta['feature_names']} differ from "
                              f"this version's {ranker.feature_names_}")
         ranker.choice_, ranker.validation_ = meta["choice"], meta["validation"]
+        ranker.validation_gain_ = meta.get("validation_gain", {})
         ranker.booster_ = None
         ranker.feature_importances_ = {}
         if (path / "model.txt").is_file():

@@ -421,9 +421,10 @@ def test_too_short_a_log_falls_back_to_the_blend(weekly_images):
 
 
 def test_the_default_style_recommender_never_loses_to_a_clearly_best_source(weekly_images):
-    """Everyone rebuys one favourite each week, so repurchase is clearly the best single
-    source: the facade with its default learned ranker either beats it on the
-    validation windows or serves exactly its slates."""
+    """Everyone rebuys one favourite each week, so repurchase (and the default chain that
+    starts with it) is clearly the best source: the facade with its default learned
+    ranker either beats it on the validation windows with confidence or serves exactly
+    the best source's slates."""
     from recsys.catalog import Catalog
 
     data = _weekly_shop(weeks=14)
@@ -431,15 +432,38 @@ def test_the_default_style_recommender_never_loses_to_a_clearly_best_source(week
     learned = model.learned_
     assert (learned.train_windows, learned.validation_windows) == (8, 2)  # the defaults
     sources = {k: learned.validation_[k] for k in learned.source_labels_}
-    runner_up = max(v for k, v in sources.items() if k != "repurchase")
+    runner_up = max(v for k, v in sources.items() if k not in ("repurchase", "chain"))
     assert sources["repurchase"] > 0.5 > runner_up
+    best = learned.validation_gain_["versus"]
+    assert best in ("repurchase", "chain") and sources[best] == max(sources.values())
     assert learned.validation_[learned.choice_] >= sources["repurchase"]
+    # on this log the model is ahead by the point estimate but not with confidence
+    gain = learned.validation_gain_
+    assert gain["gain"] > 0 >= gain["low"] and learned.choice_ == best
     users = ["u00", "u07", "u21"]
     slates = model.recommend(users, k=3)
-    assert {s.ranked_by for s in slates} == {learned.choice_}
-    if learned.choice_ == "repurchase":
-        expected = SOURCES.create("repurchase").fit(data).candidates(users, 3)[0]
-        assert [s.item_ids for s in slates] == [[i for i in row if i] for row in expected]
+    assert {s.ranked_by for s in slates} == {best}
+    expected = learned.sources_[learned.source_labels_.index(best)].candidates(users, 3)[0]
+    assert [s.item_ids for s in slates] == [[i for i in row if i] for row in expected]
+
+
+def test_the_model_ranks_only_when_its_gain_is_above_zero_with_confidence():
+    ranker = LearnedRanker(validation_confidence=0.95, random_state=0)
+    users = np.array(["a", "b", "c", "d", "e"])
+    same = ranker._gain(np.full(5, 0.02), users)
+    assert same["gain"] == pytest.approx(0.02) and same["low"] == pytest.approx(0.02)
+    # one lucky user: a resample leaves them out with probability (4/5)^5 = 0.33 > 0.05
+    lucky = ranker._gain(np.array([0.5, 0, 0, 0, 0]), users)
+    assert lucky["gain"] == pytest.approx(0.1) and lucky["low"] == 0.0
+    # a user's pairs in two windows move together: users a, a, b -> 2 of 3 pairs
+    pooled = ranker._gain(np.array([0.3, 0.3, -0.3]), np.array(["a", "a", "b"]))
+    assert pooled["gain"] == pytest.approx(0.1) and pooled["users"] == 2
+    assert pooled["low"] == pytest.approx(-0.3)  # the resample of b alone
+    point = LearnedRanker(validation_confidence=None)._gain(np.array([0.5, 0, 0]),
+                                                            users[:3])
+    assert point["low"] == point["gain"] == pytest.approx(0.5 / 3)
+    with pytest.raises(ValueError, match="validation_confidence must be in"):
+        LearnedRanker(validation_confidence=1.0)._check_params()
 
 
 def test_item_groups_give_the_default_learned_ranker_a_family_source(tmp_path, weekly_images,
