@@ -287,6 +287,10 @@ class LearnedRanker:
     validation_ : dict
         MAP@12 on the validation windows of the model and of each source, and the
         number of (user, window) pairs.
+    pool_recall_ : dict of str to float
+        Recall of each source's ``n_candidates`` candidates, and of their union
+        (``"union"``), over the purchases of all label windows (pooled): how much of
+        what was bought the model could rank at best.
     validation_gain_ : dict
         The model's MAP@12 gain over the best source on validation: ``versus`` (that
         source), ``gain``, ``low`` (the bound the rule compares with 0),
@@ -422,8 +426,25 @@ class LearnedRanker:
                          else None)
         self.feature_importances_ = {} if self.booster_ is None else dict(zip(
             self.feature_names_, self.booster_.feature_importance("gain").tolist(), strict=True))
+        self.pool_recall_ = self._pool_recall(usable)
+        log.info("learned ranker: recall@%d of the candidate pools over the label windows: "
+                 "%s", int(self.n_candidates), ", ".join(
+                     f"{k} {v:.3f}" for k, v in self.pool_recall_.items()))
         self._serve_on(interactions)
         return self
+
+    def _pool_recall(self, examples: list[dict]) -> dict[str, float]:
+        """Share of the label windows' purchases (pooled) that each source's
+        ``n_candidates`` and the union of all of them reach: what the model can rank
+        at best, and which source brings it."""
+        relevant = sum(len(t) for e in examples for t in e["truth"])
+        hits = dict.fromkeys([*self.source_labels_, "union"], 0)
+        for e in examples:
+            for label, ids in zip(self.source_labels_, e["source_items"], strict=True):
+                hits[label] += sum(len(t.intersection(row)) for row, t in zip(ids, e["truth"],
+                                                                               strict=True))
+            hits["union"] += int(e["y"].sum())
+        return {k: v / max(relevant, 1) for k, v in hits.items()}
 
     def label_windows(self, interactions: Interactions
                       ) -> list[tuple[Interactions, Interactions | None]]:
@@ -857,6 +878,7 @@ class LearnedRanker:
         params = self.get_params() | {"sources": [dict(s) for s in self.sources]}
         meta = {"format": FORMAT_VERSION, "params": params, "choice": self.choice_,
                 "validation": self.validation_, "validation_gain": self.validation_gain_,
+                "pool_recall": self.pool_recall_,
                 "feature_names": self.feature_names_,
                 "weighting": data.weighting, "half_life_days": data.half_life_days,
                 "item_groups": self.item_groups_}
@@ -897,6 +919,7 @@ class LearnedRanker:
                              f"this version's {ranker.feature_names_}")
         ranker.choice_, ranker.validation_ = meta["choice"], meta["validation"]
         ranker.validation_gain_ = meta.get("validation_gain", {})
+        ranker.pool_recall_ = meta.get("pool_recall", {})
         ranker.booster_ = None
         ranker.feature_importances_ = {}
         if (path / "model.txt").is_file():

@@ -206,6 +206,19 @@ def test_a_planted_future_event_changes_labels_but_no_feature():
     assert len(row) == 1 and b["y"][row[0]] == 1 and a["y"][row[0]] == 0
 
 
+def test_pool_recall_counts_the_window_purchases_each_source_reaches():
+    """History to Jan 3: u1 bought A, u2 and u3 B. Window Jan 8-14: u1 buys A and C, u2
+    buys A. One candidate per source: repurchase gives u1 A (a hit) and u2 B; recent
+    popularity gives both B. 3 purchases: repurchase 1/3, popularity 0, union 1/3."""
+    data = _log([("u1", "A", "2020-01-01"), ("u2", "B", "2020-01-02"),
+                 ("u3", "B", "2020-01-03"), ("u1", "A", "2020-01-10"),
+                 ("u1", "C", "2020-01-12"), ("u2", "A", "2020-01-14")])
+    ranker = LearnedRanker(SIMPLE, n_candidates=1, train_windows=1, validation_windows=0,
+                           n_rounds=2).fit(data)
+    assert ranker.pool_recall_ == pytest.approx(
+        {"repurchase": 1 / 3, "recent-popularity": 0.0, "union": 1 / 3})
+
+
 def test_a_window_catalog_never_comes_from_its_own_label_purchases():
     """i31 is first bought, by a known shopper, inside the last window: it was not known
     to be on sale before, so no source may propose it there; i30, bought in the window
@@ -320,6 +333,8 @@ def test_save_load_gives_the_same_slates(tmp_path, visual_ranker):
     np.testing.assert_array_equal(before.items, after.items)
     np.testing.assert_allclose(before.scores, after.scores, rtol=1e-6)
     assert not list(tmp_path.rglob("*.pkl")) and (tmp_path / "ranker" / "model.txt").is_file()
+    for attribute in ("choice_", "validation_", "validation_gain_", "pool_recall_"):
+        assert getattr(loaded, attribute) == getattr(visual_ranker, attribute)
 
 
 def test_rank_is_thread_safe_and_batch_independent(visual_ranker):
