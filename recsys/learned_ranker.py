@@ -12,12 +12,15 @@ fit log) and no label inside a feature:
    history only, and label 1 when the user bought the item in the window.
 3. **No default that can hurt.** A model trained on the older windows ranks the
    ``validation_windows`` most recent ones; MAP@12 is compared with each source's
-   own ranking there. Unless the model's gain over the best source is above 0 at
-   ``validation_confidence`` (a one-sided bootstrap bound over the validation
-   users: a point comparison on a few hundred users would let a model that is
-   merely as good as its best source rank half the time), that source ranks
-   (``choice_``; :attr:`LearnedRanker.validation_` and ``validation_gain_`` say
-   why); else the model is retrained on every window.
+   own ranking there. The *baseline* source (a ``chain`` of the simple sources when
+   there is one) serves unless another source beats it with confidence (then the
+   best of those serves); the model ranks only if it beats the serving source with
+   confidence: its gain's one-sided bootstrap bound over the validation users at
+   ``validation_confidence`` is above 0. A point comparison on a few hundred users
+   lets whatever is ahead by chance serve: a model merely as good as its best
+   source half the time, or the luckiest of several sources. ``choice_`` says what
+   serves, :attr:`LearnedRanker.validation_` and ``validation_gain_`` say why; if
+   the model ranks, it is retrained on every window.
 4. **Serving.** The sources are refitted on the whole log.
 
 Features of a (user, item) pair
@@ -244,10 +247,15 @@ class LearnedRanker:
         Windows the model learns from, and the most recent ones on which it must
         beat every single source (``validation_windows=0`` skips the check).
     validation_confidence : float or None
-        The model ranks only if the lower bound of its MAP@12 gain over the best
+        The model ranks only if the lower bound of its MAP@12 gain over the serving
         source on the validation windows, at this one-sided confidence (2,000
         bootstrap resamples of the validation users, seeded by ``random_state``), is
-        above 0. ``None`` compares the point estimates.
+        above 0; a source replaces the baseline by the same rule. ``None`` compares
+        point estimates (the best source serves unless the model is ahead).
+    baseline : str, optional
+        Label of the source that serves unless the model or another source beats it
+        with confidence. Default: the ``chain`` source when there is one (the strongest
+        simple baseline as one list), else the best source on validation.
     label_split : {"time", "random"}
         ``"time"``: label windows are the last days before the cut-off (what a
         deployment predicts: the next purchases). ``"random"``: each window holds
@@ -303,7 +311,7 @@ class LearnedRanker:
     def __init__(self, sources: Sequence[Mapping[str, Any]] = DEFAULT_SOURCES,
                  n_candidates: int = 40, window_days: int = 7, train_windows: int = 8,
                  validation_windows: int = 2, validation_confidence: float | None = 0.95,
-                 label_split: str = "time",
+                 baseline: str | None = None, label_split: str = "time",
                  label_fraction: float = 0.2, exclude_seen: bool = False,
                  label_threshold: float | None = None,
                  use_images: bool = True,
@@ -315,6 +323,7 @@ class LearnedRanker:
         self.train_windows = train_windows
         self.validation_windows = validation_windows
         self.validation_confidence = validation_confidence
+        self.baseline = baseline
         self.label_split = label_split
         self.label_fraction = label_fraction
         self.exclude_seen = exclude_seen
@@ -343,6 +352,8 @@ class LearnedRanker:
         if len(set(labels)) != len(labels):
             raise ValueError(f"two sources share a label {labels}: give each a distinct "
                              "'label'")
+        if self.baseline is not None and self.baseline not in labels:
+            raise ValueError(f"baseline {self.baseline!r} is not one of the sources {labels}")
         for name in ("n_candidates", "window_days", "train_windows"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -413,7 +424,7 @@ class LearnedRanker:
         if valid and train:
             booster = self._train(lightgbm, params, train)
             self.validation_, ap, users = self._validate(booster, valid)
-            best = max(self.source_labels_, key=self.validation_.get)
+            best = self._serving_source(ap, users)
             gain = self._gain(ap["learned"] - ap[best], users)
             self.validation_gain_ = {"versus": best, **gain}
             if not gain["low"] > 0:
@@ -721,6 +732,23 @@ class LearnedRanker:
         out = {name: float(np.mean(v)) for name, v in ap.items()}
         out["pairs"] = len(ap["learned"])
         return out, {name: np.asarray(v) for name, v in ap.items()}, users
+
+    def _serving_source(self, ap: dict[str, np.ndarray], users: np.ndarray) -> str:
+        """The source that serves if the model does not rank: the baseline, or the best
+        of the sources that beat it with confidence."""
+        labels = self.source_labels_
+        if self.validation_confidence is None:
+            return max(labels, key=self.validation_.get)
+        chains = [label for spec, label in zip(self.sources, labels, strict=True)
+                  if spec["name"] == "chain"]
+        baseline = self.baseline or (chains[0] if chains else
+                                     max(labels, key=self.validation_.get))
+        better = [s for s in labels if s != baseline
+                  and self._gain(ap[s] - ap[baseline], users)["low"] > 0]
+        if better:
+            log.info("learned ranker: %s beat%s the baseline %s on validation with confidence",
+                     ", ".join(better), "s" if len(better) == 1 else "", baseline)
+        return max(better, key=self.validation_.get) if better else baseline
 
     def _gain(self, diff: np.ndarray, users: np.ndarray, resamples: int = 2000
               ) -> dict[str, Any]:

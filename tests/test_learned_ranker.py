@@ -289,6 +289,27 @@ def test_the_ranker_can_hand_over_to_a_chain_of_its_sources():
     np.testing.assert_array_equal(ranker.rank(users, 4).items, expected)
 
 
+def test_a_source_replaces_the_baseline_chain_only_when_it_beats_it_with_confidence():
+    data = _weekly_shop(weeks=12)
+    stump = {"n_candidates": 5, "train_windows": 3, "validation_windows": 2, "n_rounds": 5,
+             "model_params": {"min_data_in_leaf": 1000}}
+    # repurchase alone is close to the chain that starts with it: the chain keeps serving
+    chain = {"name": "chain", "params": {"chain": SIMPLE}}
+    ranker = LearnedRanker([{"name": "repurchase"}, chain], **stump).fit(data)
+    assert ranker.choice_ == "chain" and ranker.validation_gain_["versus"] == "chain"
+    # a chain of best sellers alone is the baseline, and repurchase beats it clearly
+    weak = {"name": "chain", "params": {"chain": SIMPLE[1:]}}
+    ranker = LearnedRanker([{"name": "repurchase"}, weak], **stump).fit(data)
+    assert ranker.validation_["repurchase"] > 0.5 > ranker.validation_["chain"]
+    assert ranker.choice_ == "repurchase" == ranker.validation_gain_["versus"]
+    # a named baseline stays unless beaten: the chain beats best sellers alone
+    ranker = LearnedRanker([{"name": "recent-popularity"}, chain], baseline="recent-popularity",
+                           **stump).fit(data)
+    assert ranker.choice_ == "chain"
+    with pytest.raises(ValueError, match="baseline 'family' is not one of the sources"):
+        LearnedRanker(SIMPLE, baseline="family").fit(data)
+
+
 def test_too_short_a_log_is_a_clear_error():
     data = _log([("u", "a", "2020-01-01"), ("u", "b", "2020-01-01")])
     with pytest.raises(NotEnoughHistory, match="too few days"):
