@@ -12,9 +12,15 @@ fit log) and no label inside a feature:
    history only, and label 1 when the user bought the item in the window.
 3. **No default that can hurt.** A model trained on the older windows ranks the
    ``validation_windows`` most recent ones; MAP@12 is compared with each source's
-   own ranking there. If the model does not beat the best source, that source
-   ranks (``choice_``, and :attr:`LearnedRanker.validation_` says why); else the
-   model is retrained on every window.
+   own ranking there. The *baseline* source (a ``chain`` of the simple sources when
+   there is one) serves unless another source beats it with confidence (then the
+   best of those serves); the model ranks only if it beats the serving source with
+   confidence: its gain's one-sided bootstrap bound over the validation users at
+   ``validation_confidence`` is above 0. A point comparison on a few hundred users
+   lets whatever is ahead by chance serve: a model merely as good as its best
+   source half the time, or the luckiest of several sources. ``choice_`` says what
+   serves, :attr:`LearnedRanker.validation_` and ``validation_gain_`` say why; if
+   the model ranks, it is retrained on every window.
 4. **Serving.** The sources are refitted on the whole log.
 
 Features of a (user, item) pair
@@ -70,7 +76,7 @@ from ground.files import (
 from ground.registry import Registry
 from recsys.interactions import Interactions, _lookup
 from recsys.ranker import StyleRanker
-from recsys.sources import GIVEN_GROUPS, SOURCES, CandidateSource, FamilySource
+from recsys.sources import GIVEN_GROUPS, SOURCES, CandidateSource
 from recsys.taste import _check_vectors, _normalise_rows
 from recsys.visual_sources import UserQueries, VisualSource
 
@@ -240,6 +246,16 @@ class LearnedRanker:
     train_windows, validation_windows : int
         Windows the model learns from, and the most recent ones on which it must
         beat every single source (``validation_windows=0`` skips the check).
+    validation_confidence : float or None
+        The model ranks only if the lower bound of its MAP@12 gain over the serving
+        source on the validation windows, at this one-sided confidence (2,000
+        bootstrap resamples of the validation users, seeded by ``random_state``), is
+        above 0; a source replaces the baseline by the same rule. ``None`` compares
+        point estimates (the best source serves unless the model is ahead).
+    baseline : str, optional
+        Label of the source that serves unless the model or another source beats it
+        with confidence. Default: the ``chain`` source when there is one (the strongest
+        simple baseline as one list), else the best source on validation.
     label_split : {"time", "random"}
         ``"time"``: label windows are the last days before the cut-off (what a
         deployment predicts: the next purchases). ``"random"``: each window holds
@@ -279,6 +295,14 @@ class LearnedRanker:
     validation_ : dict
         MAP@12 on the validation windows of the model and of each source, and the
         number of (user, window) pairs.
+    pool_recall_ : dict of str to float
+        Recall of each source's ``n_candidates`` candidates, and of their union
+        (``"union"``), over the purchases of all label windows (pooled): how much of
+        what was bought the model could rank at best.
+    validation_gain_ : dict
+        The model's MAP@12 gain over the best source on validation: ``versus`` (that
+        source), ``gain``, ``low`` (the bound the rule compares with 0),
+        ``confidence`` and ``users``; empty without validation.
     feature_names_ : list of str
     feature_importances_ : dict of str to float
         Total gain of each feature.
@@ -286,7 +310,8 @@ class LearnedRanker:
 
     def __init__(self, sources: Sequence[Mapping[str, Any]] = DEFAULT_SOURCES,
                  n_candidates: int = 40, window_days: int = 7, train_windows: int = 8,
-                 validation_windows: int = 2, label_split: str = "time",
+                 validation_windows: int = 2, validation_confidence: float | None = 0.95,
+                 baseline: str | None = None, label_split: str = "time",
                  label_fraction: float = 0.2, exclude_seen: bool = False,
                  label_threshold: float | None = None,
                  use_images: bool = True,
@@ -297,6 +322,8 @@ class LearnedRanker:
         self.window_days = window_days
         self.train_windows = train_windows
         self.validation_windows = validation_windows
+        self.validation_confidence = validation_confidence
+        self.baseline = baseline
         self.label_split = label_split
         self.label_fraction = label_fraction
         self.exclude_seen = exclude_seen
@@ -325,11 +352,16 @@ class LearnedRanker:
         if len(set(labels)) != len(labels):
             raise ValueError(f"two sources share a label {labels}: give each a distinct "
                              "'label'")
+        if self.baseline is not None and self.baseline not in labels:
+            raise ValueError(f"baseline {self.baseline!r} is not one of the sources {labels}")
         for name in ("n_candidates", "window_days", "train_windows"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if int(self.validation_windows) < 0:
             raise ValueError(f"validation_windows must be >= 0, got {self.validation_windows}")
+        if self.validation_confidence is not None and not 0 < self.validation_confidence < 1:
+            raise ValueError("validation_confidence must be in (0, 1) or None, got "
+                             f"{self.validation_confidence}")
         if self.label_split not in LABEL_SPLITS:
             raise ValueError(f"label_split must be one of {LABEL_SPLITS}, got "
                              f"{self.label_split!r}")
@@ -388,23 +420,42 @@ class LearnedRanker:
         n_val = int(self.validation_windows)
         train, valid = examples[:len(examples) - n_val], examples[len(examples) - n_val:]
         train, valid = [e for e in train if e is not None], [e for e in valid if e is not None]
-        self.choice_, self.validation_ = "learned", {}
+        self.choice_, self.validation_, self.validation_gain_ = "learned", {}, {}
         if valid and train:
             booster = self._train(lightgbm, params, train)
-            self.validation_ = self._validate(booster, valid)
-            best = max((k for k in self.validation_ if k not in ("learned", "pairs")),
-                       key=self.validation_.get)
-            if self.validation_["learned"] <= self.validation_[best]:
+            self.validation_, ap, users = self._validate(booster, valid)
+            best = self._serving_source(ap, users)
+            gain = self._gain(ap["learned"] - ap[best], users)
+            self.validation_gain_ = {"versus": best, **gain}
+            if not gain["low"] > 0:
                 self.choice_ = best
                 log.warning("learned ranker: MAP@12 %.4f on validation does not beat source "
-                            "%s (%.4f): %s ranks", self.validation_["learned"], best,
-                            self.validation_[best], best)
+                            "%s (%.4f; gain %+.4f, %s bound %+.4f): %s ranks",
+                            self.validation_["learned"], best, self.validation_[best],
+                            gain["gain"], gain["confidence"], gain["low"], best)
         self.booster_ = (self._train(lightgbm, params, usable) if self.choice_ == "learned"
                          else None)
         self.feature_importances_ = {} if self.booster_ is None else dict(zip(
             self.feature_names_, self.booster_.feature_importance("gain").tolist(), strict=True))
+        self.pool_recall_ = self._pool_recall(usable)
+        log.info("learned ranker: recall@%d of the candidate pools over the label windows: "
+                 "%s", int(self.n_candidates), ", ".join(
+                     f"{k} {v:.3f}" for k, v in self.pool_recall_.items()))
         self._serve_on(interactions)
         return self
+
+    def _pool_recall(self, examples: list[dict]) -> dict[str, float]:
+        """Share of the label windows' purchases (pooled) that each source's
+        ``n_candidates`` and the union of all of them reach: what the model can rank
+        at best, and which source brings it."""
+        relevant = sum(len(t) for e in examples for t in e["truth"])
+        hits = dict.fromkeys([*self.source_labels_, "union"], 0)
+        for e in examples:
+            for label, ids in zip(self.source_labels_, e["source_items"], strict=True):
+                hits[label] += sum(len(t.intersection(row)) for row, t in zip(ids, e["truth"],
+                                                                               strict=True))
+            hits["union"] += int(e["y"].sum())
+        return {k: v / max(relevant, 1) for k, v in hits.items()}
 
     def label_windows(self, interactions: Interactions
                       ) -> list[tuple[Interactions, Interactions | None]]:
@@ -479,10 +530,10 @@ class LearnedRanker:
                     raise ValueError(f"source {spec['name']!r} needs item_ids and "
                                      "item_vectors at fit")
                 source.set_embeddings(self.embedded_ids_, self.item_vectors_)
-            if isinstance(source, FamilySource) and source.group == GIVEN_GROUPS:
+            if getattr(source, "needs_groups", False):
                 if self.item_groups_ is None:
-                    raise ValueError(f"source 'family' with group={GIVEN_GROUPS!r} needs "
-                                     "item_groups at fit")
+                    raise ValueError(f"source {spec['name']!r} with group={GIVEN_GROUPS!r} "
+                                     "needs item_groups at fit")
                 source.set_groups(self.item_groups_)
             self._templates.append(source)
         self.source_labels_ = [source_label(s) for s in self.sources]
@@ -539,7 +590,8 @@ class LearnedRanker:
                              enumerate(ids)] for ids in source_items]
         y = np.fromiter((pool.item[j] in truth[pool.user[j]] for j in range(len(pool.item))),
                         dtype=np.float32, count=len(pool.item))
-        return {"pool": pool, "y": y, "truth": truth, "source_items": source_items}
+        return {"pool": pool, "y": y, "truth": truth, "source_items": source_items,
+                "users": users}
 
     def _seen(self, stats: _Stats, user_ids: list[str], history: Interactions | None
               ) -> list[set[str]]:
@@ -663,8 +715,12 @@ class LearnedRanker:
                  len(group), 100 * y.mean())
         return lightgbm.train(params, data, num_boost_round=int(self.n_rounds))
 
-    def _validate(self, booster: Any, examples: list[dict]) -> dict[str, float]:
+    def _validate(self, booster: Any, examples: list[dict]
+                  ) -> tuple[dict[str, float], dict[str, np.ndarray], np.ndarray]:
+        """MAP@12 of the model and of each source on the validation windows, with the
+        AP of every (user, window) pair and the pairs' users."""
         ap = {"learned": []} | {label: [] for label in self.source_labels_}
+        users = np.concatenate([e["users"] for e in examples])
         for e in examples:
             pool, truth = e["pool"], e["truth"]
             ranked = _slates(pool, booster.predict(pool.features, num_threads=1), len(truth),
@@ -675,6 +731,42 @@ class LearnedRanker:
                                                                           strict=True)]
         out = {name: float(np.mean(v)) for name, v in ap.items()}
         out["pairs"] = len(ap["learned"])
+        return out, {name: np.asarray(v) for name, v in ap.items()}, users
+
+    def _serving_source(self, ap: dict[str, np.ndarray], users: np.ndarray) -> str:
+        """The source that serves if the model does not rank: the baseline, or the best
+        of the sources that beat it with confidence."""
+        labels = self.source_labels_
+        if self.validation_confidence is None:
+            return max(labels, key=self.validation_.get)
+        chains = [label for spec, label in zip(self.sources, labels, strict=True)
+                  if spec["name"] == "chain"]
+        baseline = self.baseline or (chains[0] if chains else
+                                     max(labels, key=self.validation_.get))
+        better = [s for s in labels if s != baseline
+                  and self._gain(ap[s] - ap[baseline], users)["low"] > 0]
+        if better:
+            log.info("learned ranker: %s beat%s the baseline %s on validation with confidence",
+                     ", ".join(better), "s" if len(better) == 1 else "", baseline)
+        return max(better, key=self.validation_.get) if better else baseline
+
+    def _gain(self, diff: np.ndarray, users: np.ndarray, resamples: int = 2000
+              ) -> dict[str, Any]:
+        """Mean of the per-pair ``diff`` and its lower bound at ``validation_confidence``
+        (resampling users, as a user's pairs in two windows are not independent)."""
+        _, user = np.unique(users, return_inverse=True)
+        total = np.bincount(user, weights=diff)
+        count = np.bincount(user).astype(np.float64)
+        out = {"gain": float(diff.mean()), "low": float(diff.mean()),
+               "confidence": self.validation_confidence, "users": len(total)}
+        if self.validation_confidence is None:
+            return out
+        rng = np.random.default_rng(self.random_state)
+        means = []
+        for start in range(0, resamples, 100):  # bounded memory for large validations
+            draw = rng.integers(0, len(total), size=(min(100, resamples - start), len(total)))
+            means.append(total[draw].sum(1) / count[draw].sum(1))
+        out["low"] = float(np.quantile(np.concatenate(means), 1 - self.validation_confidence))
         return out
 
     def _serve_on(self, interactions: Interactions) -> None:
@@ -813,7 +905,9 @@ class LearnedRanker:
                 "datetime64[ns]").astype(np.int64)
         params = self.get_params() | {"sources": [dict(s) for s in self.sources]}
         meta = {"format": FORMAT_VERSION, "params": params, "choice": self.choice_,
-                "validation": self.validation_, "feature_names": self.feature_names_,
+                "validation": self.validation_, "validation_gain": self.validation_gain_,
+                "pool_recall": self.pool_recall_,
+                "feature_names": self.feature_names_,
                 "weighting": data.weighting, "half_life_days": data.half_life_days,
                 "item_groups": self.item_groups_}
         with atomic_directory(path, "ranker.json") as tmp:
@@ -852,6 +946,8 @@ class LearnedRanker:
             raise ValueError(f"{path}: saved features {meta['feature_names']} differ from "
                              f"this version's {ranker.feature_names_}")
         ranker.choice_, ranker.validation_ = meta["choice"], meta["validation"]
+        ranker.validation_gain_ = meta.get("validation_gain", {})
+        ranker.pool_recall_ = meta.get("pool_recall", {})
         ranker.booster_ = None
         ranker.feature_importances_ = {}
         if (path / "model.txt").is_file():

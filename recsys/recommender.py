@@ -20,10 +20,11 @@ unknown user, no history (or a history of items the CF model never saw)
 
 Ranking: by default (``ranker="learned"``) a
 :class:`~recsys.learned_ranker.LearnedRanker` over several candidate sources
-(repurchase, the CF model, recent popularity, visual neighbours), trained on the
-last weeks of the log; items the user already has may come back (shoppers
-rebuy). When the log is too short for its label windows, or when it does not
-beat its best single source on validation, the slate says what ranked instead
+(repurchase, the CF model, recent popularity, visual neighbours, and the chain of
+the simple ones), trained on the last weeks of the log; items the user already has
+may come back (shoppers rebuy). When the log is too short for its label windows, or
+when it does not beat its best source on validation with confidence, the slate says
+what ranked instead
 (``Slate.ranked_by``). With ``ranker="blend"`` the fixed CF ⊕ taste blend of
 :class:`~recsys.ranker.StyleRanker` ranks and items the user already has (fit-time
 or in ``history``) are never recommended. Either way only catalog items with an
@@ -225,8 +226,10 @@ class StyleRecommender:
     learned_params : dict, optional
         :class:`~recsys.learned_ranker.LearnedRanker` parameters; by default its
         sources are repurchase, same family (when ``fit`` gets ``item_groups``), this
-        CF model, recent popularity and visual neighbours (over the
-        ``index_factory`` of ``ranker_params``).
+        CF model, recent popularity, visual neighbours (over the ``index_factory``
+        of ``ranker_params``) and the chain repurchase → same family → recent
+        popularity (the strongest simple baseline, which the ranker can hand its
+        slates to when the model does not beat it on validation).
 
     Attributes
     ----------
@@ -412,8 +415,13 @@ class StyleRecommender:
                                              "params": self.cf_params or {}}},
                    {"name": "recent-popularity"},
                    {"name": "visual-neighbours", "params": {"index_factory": factory}}]
+        baseline = [{"name": "repurchase"}, {"name": "recent-popularity"}]
         if item_groups is not None:  # siblings of bought items (H&M: same product code)
             sources.insert(1, {"name": "family", "params": {"group": GIVEN_GROUPS}})
+            baseline.insert(1, sources[1])
+        # the strongest simple baseline as one list: a feature, and the fallback the
+        # no-harm check can hand the slates to as a whole
+        sources.append({"name": "chain", "params": {"chain": baseline}})
         params = {"sources": sources} | (self.learned_params or {})
         try:
             return LearnedRanker(**params).fit(interactions, item_ids, self.taste_.item_vectors_,

@@ -280,6 +280,11 @@ class FamilySource(CandidateSource):
         self.id_column = id_column
         self.half_life_days = half_life_days
 
+    @property
+    def needs_groups(self) -> bool:
+        """Whether :meth:`set_groups` must be called before :meth:`fit`."""
+        return self.group == GIVEN_GROUPS
+
     def set_groups(self, groups: Mapping[str, str]) -> FamilySource:
         """Give the item → group mapping of ``group="item_groups"``; returns ``self``."""
         self._given = {str(k): str(v) for k, v in groups.items()}
@@ -446,7 +451,8 @@ class ChainSource(CandidateSource):
     ----------
     chain : list of dict
         ``{"name": <SOURCES name>, "params": {...}}`` per source, in order; sources that
-        need embeddings or given groups cannot be members.
+        need embeddings cannot be members. A ``family`` member with
+        ``group="item_groups"`` takes the mapping given to :meth:`set_groups`.
     """
 
     # fits and asks its member sources instead of the base class's event-table hooks
@@ -464,10 +470,30 @@ class ChainSource(CandidateSource):
                                  "holds only sources that do not")
         self.chain = [dict(spec) for spec in chain]
 
+    @property
+    def needs_groups(self) -> bool:
+        """Whether a member needs :meth:`set_groups` before :meth:`fit`."""
+        return any(getattr(m, "needs_groups", False) for m in self._members())
+
+    def set_groups(self, groups: Mapping[str, str]) -> ChainSource:
+        """Give the item → group mapping to the members that need it; returns ``self``."""
+        self._given = groups
+        return self
+
+    def _members(self) -> list[CandidateSource]:
+        return [SOURCES.create(s["name"], **(s.get("params") or {})) for s in self.chain]
+
     def fit(self, interactions: Interactions) -> ChainSource:
         """Fit every member on the events before the cut-off; returns ``self``."""
-        self.sources_ = [SOURCES.create(s["name"], **(s.get("params") or {})).fit(interactions)
-                         for s in self.chain]
+        members = self._members()
+        for member in members:
+            if getattr(member, "needs_groups", False):
+                if not hasattr(self, "_given"):
+                    raise ValueError("chain member 'family' with group='item_groups': call "
+                                     "set_groups() before fit (the learned ranker does, given "
+                                     "item_groups)")
+                member.set_groups(self._given)
+        self.sources_ = [member.fit(interactions) for member in members]
         self.item_ids_ = np.unique(np.concatenate([s.item_ids_ for s in self.sources_]))
         return self
 

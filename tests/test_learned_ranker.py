@@ -206,6 +206,19 @@ def test_a_planted_future_event_changes_labels_but_no_feature():
     assert len(row) == 1 and b["y"][row[0]] == 1 and a["y"][row[0]] == 0
 
 
+def test_pool_recall_counts_the_window_purchases_each_source_reaches():
+    """History to Jan 3: u1 bought A, u2 and u3 B. Window Jan 8-14: u1 buys A and C, u2
+    buys A. One candidate per source: repurchase gives u1 A (a hit) and u2 B; recent
+    popularity gives both B. 3 purchases: repurchase 1/3, popularity 0, union 1/3."""
+    data = _log([("u1", "A", "2020-01-01"), ("u2", "B", "2020-01-02"),
+                 ("u3", "B", "2020-01-03"), ("u1", "A", "2020-01-10"),
+                 ("u1", "C", "2020-01-12"), ("u2", "A", "2020-01-14")])
+    ranker = LearnedRanker(SIMPLE, n_candidates=1, train_windows=1, validation_windows=0,
+                           n_rounds=2).fit(data)
+    assert ranker.pool_recall_ == pytest.approx(
+        {"repurchase": 1 / 3, "recent-popularity": 0.0, "union": 1 / 3})
+
+
 def test_a_window_catalog_never_comes_from_its_own_label_purchases():
     """i31 is first bought, by a known shopper, inside the last window: it was not known
     to be on sale before, so no source may propose it there; i30, bought in the window
@@ -276,6 +289,27 @@ def test_the_ranker_can_hand_over_to_a_chain_of_its_sources():
     np.testing.assert_array_equal(ranker.rank(users, 4).items, expected)
 
 
+def test_a_source_replaces_the_baseline_chain_only_when_it_beats_it_with_confidence():
+    data = _weekly_shop(weeks=12)
+    stump = {"n_candidates": 5, "train_windows": 3, "validation_windows": 2, "n_rounds": 5,
+             "model_params": {"min_data_in_leaf": 1000}}
+    # repurchase alone is close to the chain that starts with it: the chain keeps serving
+    chain = {"name": "chain", "params": {"chain": SIMPLE}}
+    ranker = LearnedRanker([{"name": "repurchase"}, chain], **stump).fit(data)
+    assert ranker.choice_ == "chain" and ranker.validation_gain_["versus"] == "chain"
+    # a chain of best sellers alone is the baseline, and repurchase beats it clearly
+    weak = {"name": "chain", "params": {"chain": SIMPLE[1:]}}
+    ranker = LearnedRanker([{"name": "repurchase"}, weak], **stump).fit(data)
+    assert ranker.validation_["repurchase"] > 0.5 > ranker.validation_["chain"]
+    assert ranker.choice_ == "repurchase" == ranker.validation_gain_["versus"]
+    # a named baseline stays unless beaten: the chain beats best sellers alone
+    ranker = LearnedRanker([{"name": "recent-popularity"}, chain], baseline="recent-popularity",
+                           **stump).fit(data)
+    assert ranker.choice_ == "chain"
+    with pytest.raises(ValueError, match="baseline 'family' is not one of the sources"):
+        LearnedRanker(SIMPLE, baseline="family").fit(data)
+
+
 def test_too_short_a_log_is_a_clear_error():
     data = _log([("u", "a", "2020-01-01"), ("u", "b", "2020-01-01")])
     with pytest.raises(NotEnoughHistory, match="too few days"):
@@ -320,6 +354,8 @@ def test_save_load_gives_the_same_slates(tmp_path, visual_ranker):
     np.testing.assert_array_equal(before.items, after.items)
     np.testing.assert_allclose(before.scores, after.scores, rtol=1e-6)
     assert not list(tmp_path.rglob("*.pkl")) and (tmp_path / "ranker" / "model.txt").is_file()
+    for attribute in ("choice_", "validation_", "validation_gain_", "pool_recall_"):
+        assert getattr(loaded, attribute) == getattr(visual_ranker, attribute)
 
 
 def test_rank_is_thread_safe_and_batch_independent(visual_ranker):
@@ -421,9 +457,10 @@ def test_too_short_a_log_falls_back_to_the_blend(weekly_images):
 
 
 def test_the_default_style_recommender_never_loses_to_a_clearly_best_source(weekly_images):
-    """Everyone rebuys one favourite each week, so repurchase is clearly the best single
-    source: the facade with its default learned ranker either beats it on the
-    validation windows or serves exactly its slates."""
+    """Everyone rebuys one favourite each week, so repurchase (and the default chain that
+    starts with it) is clearly the best source: the facade with its default learned
+    ranker either beats it on the validation windows with confidence or serves exactly
+    the best source's slates."""
     from recsys.catalog import Catalog
 
     data = _weekly_shop(weeks=14)
@@ -431,15 +468,38 @@ def test_the_default_style_recommender_never_loses_to_a_clearly_best_source(week
     learned = model.learned_
     assert (learned.train_windows, learned.validation_windows) == (8, 2)  # the defaults
     sources = {k: learned.validation_[k] for k in learned.source_labels_}
-    runner_up = max(v for k, v in sources.items() if k != "repurchase")
+    runner_up = max(v for k, v in sources.items() if k not in ("repurchase", "chain"))
     assert sources["repurchase"] > 0.5 > runner_up
+    best = learned.validation_gain_["versus"]
+    assert best in ("repurchase", "chain") and sources[best] == max(sources.values())
     assert learned.validation_[learned.choice_] >= sources["repurchase"]
+    # on this log the model is ahead by the point estimate but not with confidence
+    gain = learned.validation_gain_
+    assert gain["gain"] > 0 >= gain["low"] and learned.choice_ == best
     users = ["u00", "u07", "u21"]
     slates = model.recommend(users, k=3)
-    assert {s.ranked_by for s in slates} == {learned.choice_}
-    if learned.choice_ == "repurchase":
-        expected = SOURCES.create("repurchase").fit(data).candidates(users, 3)[0]
-        assert [s.item_ids for s in slates] == [[i for i in row if i] for row in expected]
+    assert {s.ranked_by for s in slates} == {best}
+    expected = learned.sources_[learned.source_labels_.index(best)].candidates(users, 3)[0]
+    assert [s.item_ids for s in slates] == [[i for i in row if i] for row in expected]
+
+
+def test_the_model_ranks_only_when_its_gain_is_above_zero_with_confidence():
+    ranker = LearnedRanker(validation_confidence=0.95, random_state=0)
+    users = np.array(["a", "b", "c", "d", "e"])
+    same = ranker._gain(np.full(5, 0.02), users)
+    assert same["gain"] == pytest.approx(0.02) and same["low"] == pytest.approx(0.02)
+    # one lucky user: a resample leaves them out with probability (4/5)^5 = 0.33 > 0.05
+    lucky = ranker._gain(np.array([0.5, 0, 0, 0, 0]), users)
+    assert lucky["gain"] == pytest.approx(0.1) and lucky["low"] == 0.0
+    # a user's pairs in two windows move together: users a, a, b -> 2 of 3 pairs
+    pooled = ranker._gain(np.array([0.3, 0.3, -0.3]), np.array(["a", "a", "b"]))
+    assert pooled["gain"] == pytest.approx(0.1) and pooled["users"] == 2
+    assert pooled["low"] == pytest.approx(-0.3)  # the resample of b alone
+    point = LearnedRanker(validation_confidence=None)._gain(np.array([0.5, 0, 0]),
+                                                            users[:3])
+    assert point["low"] == point["gain"] == pytest.approx(0.5 / 3)
+    with pytest.raises(ValueError, match="validation_confidence must be in"):
+        LearnedRanker(validation_confidence=1.0)._check_params()
 
 
 def test_item_groups_give_the_default_learned_ranker_a_family_source(tmp_path, weekly_images,

@@ -146,3 +146,17 @@ def test_a_chain_lists_each_source_in_turn_without_repeats(train):
         SOURCES.create("chain", chain=[{"name": "visual-neighbours"}])
     with pytest.raises(ValueError, match="at least one"):
         SOURCES.create("chain", chain=[])
+
+
+def test_a_chain_passes_given_groups_to_its_family_member(train):
+    members = [{"name": "repurchase", "params": {"half_life_days": 7}},
+               {"name": "family", "params": {"group": "item_groups", "half_life_days": 7}}]
+    chain = SOURCES.create("chain", chain=members)
+    assert chain.needs_groups
+    with pytest.raises(ValueError, match="call set_groups"):
+        chain.fit(train)
+    groups = {i: i[:2] for i in train.item_ids}  # the prefix:2 families of the test above
+    ids, scores = chain.set_groups(groups).fit(train).candidates(["a", "b", "zz"], n=4)
+    assert rows(ids, scores) == [[("p1a", 4.0), ("p2a", 3.0), ("p1b", 2.0), ("p2b", 1.0)],
+                                 [("p3a", 4.0), ("p1b", 3.0), ("p1a", 2.0)], []]
+    assert not SOURCES.create("chain", chain=members[:1]).needs_groups
