@@ -16,8 +16,9 @@ Conventions (shared by every source)
 - Seen items are not filtered: shoppers rebuy.
 - Only items with an event in the fit data can be proposed; a shared id vocabulary
   (e.g. from :meth:`Interactions.select`) never leaks test-only items into a pool.
-- "Now" is the latest event time in the fit data (the cut-off); history events after
-  it are ignored.
+- "Now" is the latest event time in the fit data (the cut-off). Events given in
+  ``history=`` are a deployment's online events, which come after the cut-off: they
+  count, with ages from the latest of them (as the learned ranker's features do).
 - Users unknown at fit time and absent from ``history`` get all-padding rows; sources
   that ignore the user (popularity) give everybody their global list.
 
@@ -187,8 +188,12 @@ class _Histories:
         ids = history.item_ids[ev["item"].to_numpy()].astype(str)
         codes = np.minimum(np.searchsorted(item_ids, ids), len(item_ids) - 1)  # sorted at fit
         known = item_ids[codes] == ids
+        times = ev["time"].to_numpy()[known]
+        now = self.now  # a served model's online events come after its fit cut-off
+        if pd.notna(now) and len(times) and not np.isnat(times).all():
+            now = max(now, pd.Timestamp(times[~np.isnat(times)].max()))
         fresh = _Histories(history.user_ids[ev["user"].to_numpy()[known]].astype(str),
-                           codes[known], ev["time"].to_numpy()[known], self.now)
+                           codes[known], times, now)
         fresh.base = self
         fresh.overridden = frozenset(fresh.spans)
         return fresh

@@ -275,6 +275,10 @@ def test_the_ranker_hands_over_to_the_source_it_cannot_beat():
     top = ranker.rank([user], 5).items[0].tolist()
     assert top[:len(own)] == own and all(top)
     assert not set(top[len(own):]) & set(own)
+    # a served shopper's online events come after the fit's cut-off, and count
+    later = data.events["time"].max() + pd.Timedelta(days=30)
+    clicks = _log([("online", "i05", str(later.date())), ("online", "i09", str(later.date()))])
+    assert set(ranker.rank(["online"], 3, history=clicks).items[0][:2]) == {"i05", "i09"}
 
 
 def test_the_ranker_can_hand_over_to_a_chain_of_its_sources():

@@ -97,18 +97,21 @@ def test_cf_matches_its_model_and_never_proposes_untrained_items(train, model):
     np.testing.assert_allclose(scores[:2], ref_scores, rtol=1e-5)
 
 
-def test_history_replaces_fit_events_but_never_reaches_past_the_cut_off(train):
+def test_history_replaces_fit_events_and_online_events_after_the_cut_off_count(train):
     source = SOURCES.create("repurchase", half_life_days=7).fit(train)
-    later = pd.DataFrame([("new", "p2b", "2020-01-08"), ("new", "p1b", "2020-01-30"),
+    later = pd.DataFrame([("new", "p2b", "2020-01-08"), ("new", "p1b", "2020-01-29"),
                           ("new", "zzz", "2020-01-08")], columns=["user_id", "item_id", "t"])
     history = Interactions.from_frame(later, time_col="t")
     ids, scores = source.candidates(["new", "a"], n=2, history=history)
-    # p1b is after the cut-off, zzz has no training event: only p2b (age 7) remains
-    assert rows(ids, scores) == [[("p2b", 0.5)], [("p1a", 1.25), ("p2a", 0.5)]]
+    # p1b on Jan 29 is an online event after the Jan 15 cut-off: ages now count from it
+    # (p1b 0, p2b 21 days: 0.5 ** 3); zzz has no training event; a keeps its fit events
+    assert rows(ids, scores) == [[("p1b", 1.0), ("p2b", 0.125)],
+                                 [("p1a", 1.25), ("p2a", 0.5)]]
     cf = SOURCES.create("cf", model="itemknn").fit(train)
     folded, _ = cf.candidates(["new"], n=3, history=history)
-    # p2b is only similar to itself; a zero similarity is no candidate
-    assert folded.tolist() == [["p2b", "", ""]]
+    # p2b is only similar to itself, p1b to itself and to p3a (b bought both): cosine 1
+    # each; the other items have zero similarity and are no candidates
+    assert sorted(folded[0]) == ["p1b", "p2b", "p3a"]
 
 
 def test_registry_params_and_errors(train):
