@@ -658,7 +658,8 @@ class AestheticMatcher:
         See :class:`AestheticSpace`.
     palette : {"bhattacharyya", "coverage"}
         How a user's palette is compared with a reference's (:class:`AestheticSpace`):
-        matching proportions, or the share of the user's colours the reference contains.
+        matching proportions, or the share of the user's colours the reference contains
+        (measured on the demo shoppers and not made the default: ``docs/aesthetic.md``).
     factory : str
         FAISS ``index_factory`` string (exact ``"Flat"`` by default; ``"HNSW32"`` for
         thousands of references).
