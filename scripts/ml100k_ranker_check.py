@@ -72,7 +72,7 @@ def main() -> None:
         entry["seconds"] = round(time.perf_counter() - started, 1)
         if name != "als":
             entry |= {"choice": model.model_.choice_, "validation": model.model_.validation_,
-                      "params": params}
+                      "validation_gain": model.model_.validation_gain_, "params": params}
             entry |= {f"vs_als {m}": paired(scores[name][m], scores["als"][m], 2000, 0)
                       for m in METRICS}
         out["models"][name] = entry

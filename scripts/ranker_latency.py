@@ -1,8 +1,10 @@
 """Single-user latency of the learned ranker's LightGBM path on H&M (HNSW32 item index).
 
 ``validation_windows=0`` forces the model to rank (no hand-over to a single source), so
-the timing is the learned path: four sources, features, LightGBM scores and per-entry
-contributions. Run with ``OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1``; one JSON line out::
+the timing is the learned path: the sources of ``StyleRecommender``'s default learned
+ranker given item groups (repurchase, family, ALS, recent popularity, visual neighbours
+and the chain repurchase → family → recent popularity), features, LightGBM scores and
+per-entry contributions. Run with ``OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1``; one JSON line out::
 
     python scripts/ranker_latency.py --hm ../shared/data/hm --cache out/cache/embeddings
 """
@@ -23,9 +25,13 @@ from recsys.learned_ranker import LearnedRanker
 from recsys.taste import EmbeddingPCA
 
 ALS = {"factors": 64, "iterations": 15, "random_state": 0, "num_threads": 1}
-SOURCES = [{"name": "repurchase"}, {"name": "cf", "params": {"model": "als", "params": ALS}},
+FAMILY = {"name": "family", "params": {"group": "item_groups"}}
+SOURCES = [{"name": "repurchase"}, FAMILY,
+           {"name": "cf", "params": {"model": "als", "params": ALS}},
            {"name": "recent-popularity"},
-           {"name": "visual-neighbours", "params": {"index_factory": "HNSW32"}}]
+           {"name": "visual-neighbours", "params": {"index_factory": "HNSW32"}},
+           {"name": "chain", "params": {"chain": [{"name": "repurchase"}, FAMILY,
+                                                  {"name": "recent-popularity"}]}}]
 
 
 def main() -> None:
