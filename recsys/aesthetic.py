@@ -28,7 +28,9 @@ style blocks on each domain's own mean (a product's texture and a painting's
 brushwork differ by domain; what can match is how each departs from its
 domain's average), scales their dimensions to unit variance, and re-normalises
 every block with its weight, so no block dominates by its size: a cosine in the
-space is the weighted mean of the blocks' cosines. The default weights (palette
+space is the weighted mean of the blocks' cosines. ``palette="coverage"`` replaces
+the palette's cosine by an asymmetric similarity: the share of the shopper's colour
+mass that the reference's palette contains (:func:`palette_presence`). The default weights (palette
 4, texture 0.5, style 0.5) were chosen on the 300 demo shoppers
 (``docs/aesthetic.md``).
 
@@ -328,6 +330,38 @@ class AestheticEncoder(ImageEncoder):
 
 
 DEFAULT_BLOCK_WEIGHTS = {"palette": 4.0, "texture": 0.5, "style": 0.5, CLIP_BLOCK: 0.5}
+PALETTE_SIMILARITIES = ("bhattacharyya", "coverage")
+PRESENT_SHARE = 0.02  # share of a reference's region that makes a colour count as present
+
+
+def _bin_self_weights() -> np.ndarray:
+    """``[245]``: the share of a pixel at each bin's centre that :func:`palette_histogram`
+    leaves in that bin (0.064 inside the grid, up to 0.19 at its corners)."""
+    l_step = 100.0 / _L_BINS
+    grid = torch.meshgrid(torch.arange(_L_BINS) * l_step + l_step / 2,
+                          torch.linspace(-_AB_RANGE, _AB_RANGE, _AB_BINS),
+                          torch.linspace(-_AB_RANGE, _AB_RANGE, _AB_BINS), indexing="ij")
+    centres = torch.stack([g.flatten() for g in grid], 1).double()[:, :, None, None]
+    hist = palette_histogram(centres, torch.ones(len(centres), 1, 1, 1, dtype=torch.float64))
+    return hist.diagonal().numpy()
+
+
+def palette_presence(hist: np.ndarray) -> np.ndarray:
+    """How present each colour bin is in palettes ``[n, 245]`` (soft Lab histograms), in
+    [0, 1]: the bin's mass over what a colour covering :data:`PRESENT_SHARE` (2%) of the
+    region leaves in it when it sits at the bin's centre, clipped at 1.
+
+    The soft histogram already spreads each pixel over the neighbouring bins (a Gaussian
+    of one bin's width), so no further smoothing: a 2% colour counts fully in its own bin
+    and 0.61 in a neighbouring one (one bin away along one axis).
+
+    Examples
+    --------
+    >>> hist = np.zeros((1, 245)); hist[0, 122] = 0.0641 * 0.01  # 1% of a grey at L=50
+    >>> [float(palette_presence(k * hist)[0, 122].round(2)) for k in (1, 2, 10)]
+    [0.5, 1.0, 1.0]
+    """
+    return np.minimum(np.asarray(hist, np.float64) / (PRESENT_SHARE * _bin_self_weights()), 1.0)
 
 
 class AestheticSpace:
@@ -344,7 +378,21 @@ class AestheticSpace:
         style blocks; also the palette with ``standardise_palette``).
     standardise_palette : bool
         Treat the palette like the other blocks (centred, unit variance per bin)
-        instead of comparing the square-rooted histograms directly.
+        instead of comparing the square-rooted histograms directly (``"bhattacharyya"``
+        only).
+    palette : {"bhattacharyya", "coverage"}
+        How two palettes compare. ``"bhattacharyya"``: the cosine of the square-rooted
+        histograms, which rewards matching *proportions* (symmetric). ``"coverage"``:
+        ``sum_i p_u(i) presence_s(i)``, the share of the item's (or shopper's) colour
+        mass ``p_u`` (the histogram) that the reference contains
+        (:func:`palette_presence`), in [0, 1]: a reference showing the shopper's colours
+        among others covers them fully. Asymmetric: items get ``p``, references
+        ``presence``. The block enters the score with its weight like a block cosine
+        (``w_palette / sum(w) * coverage``, not re-normalised); each item vector gets one
+        more column, ``sqrt(w_palette / sum(w) * (1 - |p|^2))`` (0 for references), that
+        keeps its norm 1 without touching the score, so a weighted mean of items (a
+        shopper's vector) holds the weighted mixture of their palettes and scores its
+        coverage exactly, up to the mean's re-normalisation (one factor per shopper).
 
     Examples
     --------
@@ -358,10 +406,11 @@ class AestheticSpace:
     """
 
     def __init__(self, block_weights: Mapping[str, float] | None = None, center: bool = True,
-                 standardise_palette: bool = False):
+                 standardise_palette: bool = False, palette: str = "bhattacharyya"):
         self.block_weights = dict(block_weights) if block_weights else None
         self.center = center
         self.standardise_palette = standardise_palette
+        self.palette = palette
 
     def _weights(self) -> dict[str, float]:
         weights = DEFAULT_BLOCK_WEIGHTS | (self.block_weights or {})
@@ -370,6 +419,12 @@ class AestheticSpace:
                 weights[b] for b in BLOCKS) > 0:
             raise ValueError(f"block_weights must be non-negative weights of {BLOCKS} (and "
                              f"{CLIP_BLOCK!r}) with a positive sum, got {self.block_weights}")
+        if self.palette not in PALETTE_SIMILARITIES:
+            raise ValueError(f"palette must be one of {PALETTE_SIMILARITIES}, got "
+                             f"{self.palette!r}")
+        if self.palette == "coverage" and self.standardise_palette:
+            raise ValueError("palette='coverage' compares histograms as they are: it cannot "
+                             "be combined with standardise_palette")
         return weights
 
     def fit(self, item_vectors: np.ndarray, style_vectors: np.ndarray) -> AestheticSpace:
@@ -389,7 +444,10 @@ class AestheticSpace:
         return self
 
     def transform(self, vectors: np.ndarray, domain: str) -> np.ndarray:
-        """Unit vectors ``[n, dim]`` of encoded ``vectors`` from ``domain`` ("items"/"styles")."""
+        """Vectors of encoded ``vectors`` ``[n, dim]`` from ``domain`` ("items"/"styles"):
+        unit rows ``[n, dim]``; under ``palette="coverage"``, ``[n, dim + 1]`` (the norm-
+        keeping column) and references' rows are not unit (their palette block is the
+        presence)."""
         if domain not in ("items", "styles"):
             raise ValueError(f"domain must be 'items' or 'styles', got {domain!r}")
         z = (np.asarray(vectors, np.float64) - self.means_[domain]) / self.scale_
@@ -397,6 +455,17 @@ class AestheticSpace:
         parts = AestheticEncoder.split(z)
         total = sum(weights[name] for name in parts)
         out = [math.sqrt(weights[name] / total) * _unit(parts[name]) for name in parts]
+        if self.palette == "coverage":
+            hist = parts["palette"] ** 2
+            hist /= np.maximum(hist.sum(1, keepdims=True), 1e-12)
+            share = math.sqrt(weights["palette"] / total)
+            if domain == "items":
+                slack = np.sqrt(np.maximum(1.0 - (hist ** 2).sum(1, keepdims=True), 0.0))
+                out[0] = share * hist
+                out.append(share * slack)
+            else:
+                out[0] = share * palette_presence(hist)
+                out.append(np.zeros((len(hist), 1)))
         return np.concatenate(out, axis=1).astype(np.float32)
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -405,8 +474,9 @@ class AestheticSpace:
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], block_weights: Mapping[str, float]
-                    | None, center: bool, standardise_palette: bool) -> AestheticSpace:
-        space = cls(block_weights, center, standardise_palette)
+                    | None, center: bool, standardise_palette: bool,
+                    palette: str = "bhattacharyya") -> AestheticSpace:
+        space = cls(block_weights, center, standardise_palette, palette)
         space.means_ = {"items": arrays["mean_items"], "styles": arrays["mean_styles"]}
         space.scale_ = arrays["scale"]
         return space
@@ -586,6 +656,10 @@ class AestheticMatcher:
         :class:`AestheticSpace` block weights.
     center, standardise_palette : bool
         See :class:`AestheticSpace`.
+    palette : {"bhattacharyya", "coverage"}
+        How a user's palette is compared with a reference's (:class:`AestheticSpace`):
+        matching proportions, or the share of the user's colours the reference contains
+        (measured on the demo shoppers and not made the default: ``docs/aesthetic.md``).
     factory : str
         FAISS ``index_factory`` string (exact ``"Flat"`` by default; ``"HNSW32"`` for
         thousands of references).
@@ -649,9 +723,11 @@ class AestheticMatcher:
                  half_life_days: float | None = None, standardise_palette: bool = False,
                  hubness: str | None = "isoftmax", hub_k: int = 10,
                  hub_temperature: float = 0.01, max_share: float = 2.0,
-                 max_centroids: int = 1, items_per_centroid: int = 4) -> None:
+                 max_centroids: int = 1, items_per_centroid: int = 4,
+                 palette: str = "bhattacharyya") -> None:
         self.block_weights = dict(block_weights) if block_weights else None
         self.standardise_palette = standardise_palette
+        self.palette = palette
         self.half_life_days = half_life_days
         self.center = center
         self.factory = factory
@@ -705,9 +781,8 @@ class AestheticMatcher:
             raise ValueError(f"{len(style_descriptors)} style descriptors for a library of "
                              f"{len(library)}")
         self._check_params()
-        self.space_ = AestheticSpace(self.block_weights, self.center,
-                                     self.standardise_palette).fit(item_descriptors,
-                                                                   style_descriptors)
+        self.space_ = AestheticSpace(self.block_weights, self.center, self.standardise_palette,
+                                     self.palette).fit(item_descriptors, style_descriptors)
         self.style_ids_ = library.ids
         self.style_paths_ = dict(zip(library.ids, library.paths, strict=True))
         items = self.item_vectors(item_descriptors)
@@ -824,7 +899,7 @@ class AestheticMatcher:
                           items_per_centroid=self.items_per_centroid)
 
     def item_vectors(self, descriptors: np.ndarray) -> np.ndarray:
-        """Item descriptors in the fitted space (unit rows)."""
+        """Item descriptors in the fitted space (unit rows, :meth:`AestheticSpace.transform`)."""
         return self.space_.transform(descriptors, "items")
 
     def _user_offset(self, vectors: np.ndarray) -> np.ndarray:
@@ -850,7 +925,8 @@ class AestheticMatcher:
         ``users``: unit vectors ``[n, dim]`` in the space, or the
         :class:`~recsys.taste.TasteProfiles` of :meth:`taste_model` fitted on
         :meth:`item_vectors` (several centroids per user are pooled). The score is the
-        cosine, or its hubness-corrected form.
+        inner product in the space (the weighted mean of the block cosines, the palette's
+        coverage in its place with ``palette="coverage"``), or its hubness-corrected form.
         """
         if not isinstance(users, TasteProfiles):
             return self._search(users, k)
@@ -930,7 +1006,7 @@ class AestheticMatcher:
         self.index_ = StyleIndex.load(path)
         with np.load(path / "arrays.npz", allow_pickle=False) as z:
             self.space_ = AestheticSpace.from_arrays(z, self.block_weights, self.center,
-                                                     self.standardise_palette)
+                                                     self.standardise_palette, self.palette)
             self.style_vectors_ = (z["style_vectors"] if "style_vectors" in z else
                                    self.index_.index_.reconstruct_n(0, self.index_.index_.ntotal))
             self.magenta_ = z["magenta"] if "magenta" in z else None

@@ -19,6 +19,8 @@ Examples
 >>> _matcher_params(parser.parse_args(["style-report", "--hubness", "balanced",
 ...                                    "--max-share", "1.5"]))
 {'hubness': 'balanced', 'max_share': 1.5}
+>>> _matcher_params(parser.parse_args(["style-report", "--palette", "coverage"]))
+{'palette': 'coverage'}
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ def add_style_report_parser(subparsers: argparse._SubParsersAction) -> argparse.
     p.add_argument("--max-share", type=float,
                    help="cap of --hubness balanced: most shoppers per reference, as a multiple "
                         "(> 1) of its fair share")
+    p.add_argument("--palette", choices=("bhattacharyya", "coverage"),
+                   help="palette similarity: matching proportions, or the share of the "
+                        "shopper's colours the reference contains (default: the matcher's)")
     p.add_argument("--max-centroids", type=int,
                    help="aesthetic vectors per shopper (1: the weighted mean)")
     p.add_argument("--items-per-centroid", type=int)
@@ -131,7 +136,7 @@ def _matcher_params(args: argparse.Namespace) -> dict[str, Any]:
     """The matcher options given on the command line (the others keep their defaults)."""
     given = {name: getattr(args, name) for name in ("hubness", "hub_k", "hub_temperature",
                                                     "max_share", "max_centroids",
-                                                    "items_per_centroid")}
+                                                    "items_per_centroid", "palette")}
     params = {k: v for k, v in given.items() if v is not None}
     if params.get("hubness") == "none":
         params["hubness"] = None
@@ -220,7 +225,8 @@ def _save(image: Any, path: Path) -> None:
 
 def _summary(result: dict) -> str:
     matcher = result["params"]["matcher"]
-    lines = [f"matcher: block weights {result['params']['block_weights']}, hubness "
+    lines = [f"matcher: block weights {result['params']['block_weights']}, palette "
+             f"{matcher['palette']}, hubness "
              f"{matcher['hubness']} (k {matcher['hub_k']}, temperature "
              f"{matcher['hub_temperature']}, max share {matcher['max_share']}), "
              f"{matcher['max_centroids']} centroid(s) per shopper"]

@@ -25,6 +25,7 @@ from recsys.aesthetic import (
     AestheticSpace,
     StyleLibrary,
     palette_histogram,
+    palette_presence,
 )
 from stylers.adaptive import AdaptiveStyler, plain_background
 from stylers.base import Styler
@@ -85,6 +86,110 @@ def test_space_centres_each_domain_and_weights_blocks():
     assert np.allclose(out[:, :245], raw, atol=1e-6)
     with pytest.raises(ValueError, match="block_weights"):
         AestheticSpace({"colour": 1}).fit(items, styles)
+
+
+BLACK, WHITE, RED, GREY = 24, 220, 34, 122  # bins: L 10 / 90 at a = b = 0; L 10, a 60; L 50
+
+
+def _descriptors(*palettes):
+    """Encoder-like rows whose palette block is the square root of the given histograms
+    ({bin: mass}) and whose texture and style blocks are random."""
+    rng = np.random.default_rng(7)
+    rows = rng.normal(size=(len(palettes), DIM))
+    rows[:, :245] = 0.0
+    for row, palette in zip(rows, palettes, strict=True):
+        for i, mass in palette.items():
+            row[i] = np.sqrt(mass)
+    return rows
+
+
+def _own_share(l_bin, a_bin=3, b_bin=3):
+    """The share of a pixel at a bin's centre that its Gaussian (one bin wide) leaves there:
+    ``1 / sum_j exp(-(j - bin)^2 / 2)`` over each axis's bins (5 for L, 7 for a and b)."""
+    share = 1.0
+    for n, at in ((5, l_bin), (7, a_bin), (7, b_bin)):
+        share /= np.exp(-0.5 * (np.arange(n) - at) ** 2).sum()
+    return share
+
+
+def test_presence_counts_a_colour_covering_two_percent_of_the_reference():
+    grey = _own_share(2)  # 0.0641
+    hist = np.zeros((3, 245))
+    hist[0, GREY] = 0.02 * grey  # 2% of the reference at grey's centre: present
+    hist[1, GREY] = 0.01 * grey  # 1%: half present
+    hist[2, GREY] = 0.3  # far more: still 1
+    assert palette_presence(hist)[:, GREY] == pytest.approx([1.0, 0.5, 1.0], abs=1e-6)
+    assert palette_presence(hist)[:, BLACK].tolist() == [0.0, 0.0, 0.0]
+    black = np.zeros((1, 245))
+    black[0, BLACK] = 0.01 * _own_share(0)  # 0.0908: L 10 is the grid's edge
+    assert palette_presence(black)[0, BLACK] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_coverage_prefers_a_reference_containing_both_colours_to_matching_proportions(
+        tmp_path):
+    library = StyleLibrary.from_folder(_library(tmp_path, n=3))
+    # the shopper wears black and white; s0 shows both among much red, s1 matches the
+    # proportions (half black) but has grey for white, s2 a trace (1%) of black in red
+    shopper = _descriptors({BLACK: 0.5, WHITE: 0.5})
+    trace = 0.01 * _own_share(0)
+    styles = _descriptors({BLACK: 0.1, WHITE: 0.1, RED: 0.8}, {BLACK: 0.5, GREY: 0.5},
+                          {BLACK: trace, RED: 1 - trace})
+    only_palette = {"palette": 1, "texture": 0, "style": 0}
+    bhatt = AestheticMatcher(only_palette, hubness=None).fit(library, styles, shopper)
+    ids, scores = bhatt.match(bhatt.item_vectors(shopper), 3)
+    # Bhattacharyya: s1 sqrt(.5 .5) = .5 beats s0 2 sqrt(.5 .1) = .447
+    assert ids[0, :2].tolist() == ["s1", "s0"]
+    assert scores[0, :2] == pytest.approx([0.5, 2 * np.sqrt(0.05)], abs=1e-5)
+    cover = AestheticMatcher(only_palette, hubness=None, palette="coverage").fit(
+        library, styles, shopper)
+    ids, scores = cover.match(cover.item_vectors(shopper), 3)
+    # coverage: s0 holds both (.5 + .5), s1 black only (.5), s2 half of black (.5 x .5)
+    assert ids[0].tolist() == ["s0", "s1", "s2"]
+    assert scores[0] == pytest.approx([1.0, 0.5, 0.25], abs=1e-5)
+    # saved and loaded (with the default hubness correction, learned on the items)
+    items = _descriptors({BLACK: 0.5, WHITE: 0.5}, {RED: 1.0}, {GREY: 0.7, WHITE: 0.3},
+                         {BLACK: 1.0})
+    fitted = AestheticMatcher(palette="coverage").fit(library, styles, items)
+    users = fitted.item_vectors(items)
+    loaded = AestheticMatcher.load(fitted.save(tmp_path / "matcher"))
+    assert loaded.palette == "coverage" and loaded.get_params() == fitted.get_params()
+    assert np.array_equal(loaded.item_vectors(items), users)
+    for a, b in zip(loaded.match(users, 3), fitted.match(users, 3), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_coverage_transform_is_asymmetric_and_keeps_item_rows_unit():
+    items = _descriptors({BLACK: 0.5, WHITE: 0.5}, {RED: 1.0})
+    styles = _descriptors({BLACK: 0.1, WHITE: 0.1, RED: 0.8}, {BLACK: 0.5, GREY: 0.5})
+    weights = {"palette": 2, "texture": 1, "style": 1}  # palette 2/4 of the score
+    space = AestheticSpace(weights, palette="coverage").fit(items, styles)
+    zi, zs = space.transform(items, "items"), space.transform(styles, "styles")
+    assert zi.shape == zs.shape == (2, DIM + 1)
+    # items: sqrt(1/2) x the histogram, then sqrt(1/2 (1 - |p|^2)) to keep the norm 1
+    assert zi[0, [BLACK, WHITE]] == pytest.approx([np.sqrt(0.5) * 0.5] * 2, abs=1e-6)
+    assert zi[:, -1] == pytest.approx(np.sqrt(0.5 * np.array([0.5, 0.0])), abs=1e-6)
+    assert np.linalg.norm(zi, axis=1) == pytest.approx([1.0, 1.0], abs=1e-6)
+    # references: sqrt(1/2) x the presence (clipped at 1), nothing in the last column
+    assert zs[0, [BLACK, WHITE, RED, GREY]] == pytest.approx([np.sqrt(0.5)] * 3 + [0],
+                                                             abs=1e-6)
+    assert zs[:, -1].tolist() == [0.0, 0.0]
+    # the score: 1/2 coverage + 1/4 texture cosine + 1/4 style cosine
+    plain = AestheticSpace(weights).fit(items, styles)
+    bi, bs = plain.transform(items, "items"), plain.transform(styles, "styles")
+    others = bi[:, 245:] @ bs[:, 245:].T  # the texture and style terms, as before
+    coverage = np.array([[1.0, 0.5], [1.0, 0.0]])
+    assert zi @ zs.T == pytest.approx(0.5 * coverage + others, abs=1e-5)
+    # a shopper's mean of the two items holds the mixture of their palettes (a quarter
+    # black, a quarter white, half red): s0 covers all of it, s1 the black quarter
+    mean = zi.mean(0)
+    mixture = np.zeros(245)
+    mixture[[BLACK, WHITE, RED]] = 0.25, 0.25, 0.5
+    assert mean[:245] == pytest.approx(np.sqrt(0.5) * mixture, abs=1e-6)
+    assert mean @ zs.T == pytest.approx(0.5 * np.array([1.0, 0.25]) + others.mean(0), abs=1e-5)
+    with pytest.raises(ValueError, match="palette must be one of"):
+        AestheticSpace(palette="hellinger").fit(items, styles)
+    with pytest.raises(ValueError, match="standardise_palette"):
+        AestheticSpace(palette="coverage", standardise_palette=True).fit(items, styles)
 
 
 def _library(tmp_path, n=4):
@@ -496,7 +601,8 @@ def test_style_match_round_trips_through_the_spec_and_fits(colour_shop, tmp_path
     from recsys.recommender import StyleRecommender
     from recsys.spec import PipelineSpec, SpecError
 
-    params = {"hubness": "csls", "hub_k": 3, "max_centroids": 2, "items_per_centroid": 2}
+    params = {"hubness": "csls", "hub_k": 3, "max_centroids": 2, "items_per_centroid": 2,
+              "palette": "coverage"}
     spec = PipelineSpec.from_dict({"ranker": {"name": "blend", "params": {"taste_weight": 0.5}},
                                    "encoder": {"embedding_dim": None},
                                    "style_match": {"params": params}}).validate()
@@ -517,6 +623,9 @@ def test_style_match_round_trips_through_the_spec_and_fits(colour_shop, tmp_path
                                                   "encoder_params": {}}
     bad = {"data": {"images": "img"}, "styles": "s", "style_match": {"params": {"hub_k": "x"}}}
     with pytest.raises(SpecError, match="style_match.params.hub_k: expected int"):
+        PipelineSpec.from_dict(bad).validate()
+    bad["style_match"]["params"] = {"palette": 1}
+    with pytest.raises(SpecError, match="style_match.params.palette: expected str"):
         PipelineSpec.from_dict(bad).validate()
 
     # rendering: the personal mix for a styler with a Magenta-sized code, else the nearest
