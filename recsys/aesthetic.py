@@ -30,7 +30,10 @@ domain's average), scales their dimensions to unit variance, and re-normalises
 every block with its weight, so no block dominates by its size: a cosine in the
 space is the weighted mean of the blocks' cosines. ``palette="coverage"`` replaces
 the palette's cosine by an asymmetric similarity: the share of the shopper's colour
-mass that the reference's palette contains (:func:`palette_presence`). The default weights (palette
+mass that the reference's palette contains (:func:`palette_presence`);
+``palette="nearest-colour"`` by minus the shopper's mean CIEDE2000 distance to the
+nearest of the reference's 5 k-means colours (:func:`dominant_colours`, computed from
+the references' pixels when the matcher is fitted). The default weights (palette
 4, texture 0.5, style 0.5) were chosen on the 300 demo shoppers
 (``docs/aesthetic.md``).
 
@@ -330,20 +333,87 @@ class AestheticEncoder(ImageEncoder):
 
 
 DEFAULT_BLOCK_WEIGHTS = {"palette": 4.0, "texture": 0.5, "style": 0.5, CLIP_BLOCK: 0.5}
-PALETTE_SIMILARITIES = ("bhattacharyya", "coverage")
+PALETTE_SIMILARITIES = ("bhattacharyya", "coverage", "nearest-colour")
 PRESENT_SHARE = 0.02  # share of a reference's region that makes a colour count as present
+DOMINANT_COLOURS = 5  # k of a reference's k-means colours under palette="nearest-colour"
+DELTA_E_SCALE = 100.0  # CIEDE2000 units per unit of the nearest-colour similarity
+
+
+def bin_centres() -> np.ndarray:
+    """``[245, 3]``: the Lab centres of the palette bins, in histogram order."""
+    l_step = 100.0 / _L_BINS
+    grid = np.meshgrid(np.arange(_L_BINS) * l_step + l_step / 2,
+                       np.linspace(-_AB_RANGE, _AB_RANGE, _AB_BINS),
+                       np.linspace(-_AB_RANGE, _AB_RANGE, _AB_BINS), indexing="ij")
+    return np.stack([g.ravel() for g in grid], 1)
 
 
 def _bin_self_weights() -> np.ndarray:
     """``[245]``: the share of a pixel at each bin's centre that :func:`palette_histogram`
     leaves in that bin (0.064 inside the grid, up to 0.19 at its corners)."""
-    l_step = 100.0 / _L_BINS
-    grid = torch.meshgrid(torch.arange(_L_BINS) * l_step + l_step / 2,
-                          torch.linspace(-_AB_RANGE, _AB_RANGE, _AB_BINS),
-                          torch.linspace(-_AB_RANGE, _AB_RANGE, _AB_BINS), indexing="ij")
-    centres = torch.stack([g.flatten() for g in grid], 1).double()[:, :, None, None]
+    centres = torch.from_numpy(bin_centres())[:, :, None, None]
     hist = palette_histogram(centres, torch.ones(len(centres), 1, 1, 1, dtype=torch.float64))
     return hist.diagonal().numpy()
+
+
+def dominant_colours(paths: Sequence[str | Path], k: int = DOMINANT_COLOURS, seed: int = 0,
+                     plain_threshold: float = 0.75) -> np.ndarray:
+    """``[n, k, 3]``: the ``k`` k-means Lab colours of each image's subject.
+
+    The pixels :func:`palette_histogram` sees in :class:`AestheticEncoder` (the image
+    stretched to 160², its region from :func:`stylers.adaptive.region_mask`, both at
+    64², pixels with region weight above 0.5), clustered in Lab (scikit-learn k-means,
+    ``random_state=seed``, on the distinct colours weighted by their counts). An image
+    with fewer than ``k`` distinct colours repeats its last one.
+
+    Examples
+    --------
+    >>> dominant_colours(["data/styles/wave.jpg"]).shape  # doctest: +SKIP
+    (1, 5, 3)
+    """
+    from sklearn.cluster import KMeans
+
+    from ground.images import load_image
+    from stylers.adaptive import region_mask
+    from stylers.colorspace import rgb_to_lab
+
+    out = np.empty((len(paths), k, 3))
+    for row, path in enumerate(paths):
+        square = fit_square(load_image(path), 160, "stretch")
+        x = torch.from_numpy(np.asarray(square, np.float32) / 255.0).permute(2, 0, 1)[None]
+        mask = F.interpolate(region_mask(F.interpolate(x, size=(_MASK_SIZE, _MASK_SIZE),
+                                                       mode="area"), plain_threshold),
+                             size=(_PALETTE_SIZE, _PALETTE_SIZE), mode="bilinear",
+                             align_corners=False)
+        lab = rgb_to_lab(F.interpolate(x, size=(_PALETTE_SIZE, _PALETTE_SIZE), mode="area"))
+        pixels = lab[0].flatten(1).T[mask[0, 0].flatten() > 0.5].double().numpy()
+        if not len(pixels):
+            pixels = lab[0].flatten(1).T.double().numpy()
+        colours, counts = np.unique(pixels.round(3), axis=0, return_counts=True)
+        n = min(k, len(colours))
+        km = KMeans(n_clusters=n, n_init=2, random_state=seed).fit(colours, sample_weight=counts)
+        centres = km.cluster_centers_
+        out[row] = np.concatenate([centres, np.repeat(centres[-1:], k - n, 0)])
+    return out
+
+
+def nearest_colour_similarity(colours: np.ndarray) -> np.ndarray:
+    """``[n, 245]``: minus the CIEDE2000 distance from each palette bin's centre to the
+    nearest of each reference's colours ``[n, k, 3]`` (Lab), over :data:`DELTA_E_SCALE`.
+
+    Examples
+    --------
+    >>> grey = np.array([[[50.0, 0.0, 0.0]]])  # one colour: the centre of bin 122
+    >>> v = nearest_colour_similarity(grey)
+    >>> bool(v[0, 122] == 0), bool((v <= 0).all()), round(float(v[0, 0]), 3)  # grey to L=10
+    (True, True, -0.425)
+    """
+    from skimage.color import deltaE_ciede2000
+
+    centres = bin_centres()
+    colours = np.asarray(colours, np.float64)
+    de = deltaE_ciede2000(centres[None, :, None, :], colours[:, None, :, :])
+    return -de.min(2) / DELTA_E_SCALE
 
 
 def palette_presence(hist: np.ndarray) -> np.ndarray:
@@ -380,7 +450,7 @@ class AestheticSpace:
         Treat the palette like the other blocks (centred, unit variance per bin)
         instead of comparing the square-rooted histograms directly (``"bhattacharyya"``
         only).
-    palette : {"bhattacharyya", "coverage"}
+    palette : {"bhattacharyya", "coverage", "nearest-colour"}
         How two palettes compare. ``"bhattacharyya"``: the cosine of the square-rooted
         histograms, which rewards matching *proportions* (symmetric). ``"coverage"``:
         ``sum_i p_u(i) presence_s(i)``, the share of the item's (or shopper's) colour
@@ -393,6 +463,11 @@ class AestheticSpace:
         keeps its norm 1 without touching the score, so a weighted mean of items (a
         shopper's vector) holds the weighted mixture of their palettes and scores its
         coverage exactly, up to the mean's re-normalisation (one factor per shopper).
+        ``"nearest-colour"``: the same asymmetric block with the reference's side
+        :func:`nearest_colour_similarity` of its dominant colours (given to
+        :meth:`transform`): ``sum_i p_u(i) v_s(i)``, minus the item's (shopper's) mean
+        CIEDE2000 distance to the reference's nearest dominant colour, over 100 (each
+        colour at its bin's centre). Graded, not capped at a presence.
 
     Examples
     --------
@@ -422,9 +497,9 @@ class AestheticSpace:
         if self.palette not in PALETTE_SIMILARITIES:
             raise ValueError(f"palette must be one of {PALETTE_SIMILARITIES}, got "
                              f"{self.palette!r}")
-        if self.palette == "coverage" and self.standardise_palette:
-            raise ValueError("palette='coverage' compares histograms as they are: it cannot "
-                             "be combined with standardise_palette")
+        if self.palette != "bhattacharyya" and self.standardise_palette:
+            raise ValueError(f"palette={self.palette!r} compares histograms as they are: it "
+                             "cannot be combined with standardise_palette")
         return weights
 
     def fit(self, item_vectors: np.ndarray, style_vectors: np.ndarray) -> AestheticSpace:
@@ -443,19 +518,26 @@ class AestheticSpace:
             self.scale_[:size] = 1.0
         return self
 
-    def transform(self, vectors: np.ndarray, domain: str) -> np.ndarray:
+    def transform(self, vectors: np.ndarray, domain: str,
+                  colours: np.ndarray | None = None) -> np.ndarray:
         """Vectors of encoded ``vectors`` ``[n, dim]`` from ``domain`` ("items"/"styles"):
-        unit rows ``[n, dim]``; under ``palette="coverage"``, ``[n, dim + 1]`` (the norm-
-        keeping column) and references' rows are not unit (their palette block is the
-        presence)."""
+        unit rows ``[n, dim]``; under ``palette="coverage"`` or ``"nearest-colour"``,
+        ``[n, dim + 1]`` (the norm-keeping column) and references' rows are not unit
+        (their palette block is the presence, or the nearest-colour similarity of the
+        references' dominant ``colours`` ``[n, k, 3]``, :func:`dominant_colours`)."""
         if domain not in ("items", "styles"):
             raise ValueError(f"domain must be 'items' or 'styles', got {domain!r}")
+        if self.palette == "nearest-colour" and domain == "styles" and (
+                colours is None or len(colours) != len(vectors)):
+            raise ValueError("palette='nearest-colour' needs the dominant colours of each "
+                             f"reference ({len(vectors)}), got "
+                             f"{None if colours is None else len(colours)}")
         z = (np.asarray(vectors, np.float64) - self.means_[domain]) / self.scale_
         weights = self._weights()
         parts = AestheticEncoder.split(z)
         total = sum(weights[name] for name in parts)
         out = [math.sqrt(weights[name] / total) * _unit(parts[name]) for name in parts]
-        if self.palette == "coverage":
+        if self.palette != "bhattacharyya":
             hist = parts["palette"] ** 2
             hist /= np.maximum(hist.sum(1, keepdims=True), 1e-12)
             share = math.sqrt(weights["palette"] / total)
@@ -463,8 +545,11 @@ class AestheticSpace:
                 slack = np.sqrt(np.maximum(1.0 - (hist ** 2).sum(1, keepdims=True), 0.0))
                 out[0] = share * hist
                 out.append(share * slack)
-            else:
+            elif self.palette == "coverage":
                 out[0] = share * palette_presence(hist)
+                out.append(np.zeros((len(hist), 1)))
+            else:
+                out[0] = share * nearest_colour_similarity(colours)
                 out.append(np.zeros((len(hist), 1)))
         return np.concatenate(out, axis=1).astype(np.float32)
 
@@ -656,10 +741,13 @@ class AestheticMatcher:
         :class:`AestheticSpace` block weights.
     center, standardise_palette : bool
         See :class:`AestheticSpace`.
-    palette : {"bhattacharyya", "coverage"}
+    palette : {"bhattacharyya", "coverage", "nearest-colour"}
         How a user's palette is compared with a reference's (:class:`AestheticSpace`):
-        matching proportions, or the share of the user's colours the reference contains
-        (measured on the demo shoppers and not made the default: ``docs/aesthetic.md``).
+        matching proportions, the share of the user's colours the reference contains, or
+        minus their mean CIEDE2000 distance to the nearest of the reference's
+        :data:`DOMINANT_COLOURS` k-means colours (computed at :meth:`fit` from
+        ``library``'s images, seed 0); the last two were measured on the demo shoppers
+        and not made the default (``docs/aesthetic.md``).
     factory : str
         FAISS ``index_factory`` string (exact ``"Flat"`` by default; ``"HNSW32"`` for
         thousands of references).
@@ -709,6 +797,9 @@ class AestheticMatcher:
         Vectors the correction was learned on.
     magenta_ : ndarray of float32, shape (n_styles, 100) or None
         Raw style vectors for :meth:`personal_style` (``None``: fitted without them).
+    style_colours_ : ndarray, shape (n_styles, 5, 3) or None
+        The references' dominant Lab colours under ``palette="nearest-colour"`` (saved
+        with the matcher; ``None`` otherwise).
 
     Examples
     --------
@@ -783,6 +874,8 @@ class AestheticMatcher:
         self._check_params()
         self.space_ = AestheticSpace(self.block_weights, self.center, self.standardise_palette,
                                      self.palette).fit(item_descriptors, style_descriptors)
+        self.style_colours_ = (dominant_colours(library.paths)
+                               if self.palette == "nearest-colour" else None)
         self.style_ids_ = library.ids
         self.style_paths_ = dict(zip(library.ids, library.paths, strict=True))
         items = self.item_vectors(item_descriptors)
@@ -790,7 +883,8 @@ class AestheticMatcher:
             if item_ids is None:
                 raise ValueError("fit with interactions needs the item_ids of the descriptors")
             items = self.taste_model().fit(interactions, item_ids, items).vectors_
-        self._calibrate(self.space_.transform(style_descriptors, "styles"), items)
+        self._calibrate(self.space_.transform(style_descriptors, "styles",
+                                              self.style_colours_), items)
         self.magenta_ = None if magenta_vectors is None else np.asarray(magenta_vectors,
                                                                          np.float32)
         return self
@@ -926,7 +1020,8 @@ class AestheticMatcher:
         :class:`~recsys.taste.TasteProfiles` of :meth:`taste_model` fitted on
         :meth:`item_vectors` (several centroids per user are pooled). The score is the
         inner product in the space (the weighted mean of the block cosines, the palette's
-        coverage in its place with ``palette="coverage"``), or its hubness-corrected form.
+        coverage or nearest-colour similarity in its place with ``palette="coverage"`` or
+        ``"nearest-colour"``), or its hubness-corrected form.
         """
         if not isinstance(users, TasteProfiles):
             return self._search(users, k)
@@ -981,6 +1076,8 @@ class AestheticMatcher:
             arrays = self.space_.arrays() | {"style_vectors": self.style_vectors_}
             if self.magenta_ is not None:
                 arrays["magenta"] = self.magenta_
+            if self.style_colours_ is not None:
+                arrays["style_colours"] = self.style_colours_
             if self.hubness is not None:
                 arrays |= {"hub_scale": self.hub_scale_, "hub_offset": self.hub_offset_}
             write_npz_atomic(tmp / "arrays.npz", arrays)
@@ -1010,6 +1107,7 @@ class AestheticMatcher:
             self.style_vectors_ = (z["style_vectors"] if "style_vectors" in z else
                                    self.index_.index_.reconstruct_n(0, self.index_.index_.ntotal))
             self.magenta_ = z["magenta"] if "magenta" in z else None
+            self.style_colours_ = z["style_colours"] if "style_colours" in z else None
             self.hub_scale_ = z["hub_scale"] if "hub_scale" in z else None
             self.hub_offset_ = z["hub_offset"] if "hub_offset" in z else None
         self.population_ = meta.get("population", 0)

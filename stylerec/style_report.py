@@ -71,9 +71,11 @@ def add_style_report_parser(subparsers: argparse._SubParsersAction) -> argparse.
     p.add_argument("--max-share", type=float,
                    help="cap of --hubness balanced: most shoppers per reference, as a multiple "
                         "(> 1) of its fair share")
-    p.add_argument("--palette", choices=("bhattacharyya", "coverage"),
-                   help="palette similarity: matching proportions, or the share of the "
-                        "shopper's colours the reference contains (default: the matcher's)")
+    p.add_argument("--palette", choices=("bhattacharyya", "coverage", "nearest-colour"),
+                   help="palette similarity: matching proportions, the share of the "
+                        "shopper's colours the reference contains, or minus their mean "
+                        "CIEDE2000 distance to the reference's nearest k-means colour "
+                        "(default: the matcher's)")
     p.add_argument("--max-centroids", type=int,
                    help="aesthetic vectors per shopper (1: the weighted mean)")
     p.add_argument("--items-per-centroid", type=int)
