@@ -364,7 +364,8 @@ def dominant_colours(paths: Sequence[str | Path], k: int = DOMINANT_COLOURS, see
     stretched to 160², its region from :func:`stylers.adaptive.region_mask`, both at
     64², pixels with region weight above 0.5), clustered in Lab (scikit-learn k-means,
     ``random_state=seed``, on the distinct colours weighted by their counts). An image
-    with fewer than ``k`` distinct colours repeats its last one.
+    with fewer than ``k`` distinct colours repeats its last one; a subject of fewer than
+    ``k`` colours gives the rest to blended pixels (a product's edge against its backdrop).
 
     Examples
     --------

@@ -24,6 +24,8 @@ from recsys.aesthetic import (
     AestheticMatcher,
     AestheticSpace,
     StyleLibrary,
+    dominant_colours,
+    nearest_colour_similarity,
     palette_histogram,
     palette_presence,
 )
@@ -190,6 +192,100 @@ def test_coverage_transform_is_asymmetric_and_keeps_item_rows_unit():
         AestheticSpace(palette="hellinger").fit(items, styles)
     with pytest.raises(ValueError, match="standardise_palette"):
         AestheticSpace(palette="coverage", standardise_palette=True).fit(items, styles)
+
+
+# CIEDE2000 between neutral greys is |dL| / S_L, S_L = 1 + 0.015 (Lm - 50)^2 /
+# sqrt(20 + (Lm - 50)^2): L 50 to L 10 (or 90): Lm 30, S_L = 1 + 6 / sqrt(420)
+GREY_TO_BLACK = 40 / (1 + 6 / np.sqrt(420))  # 30.94
+
+
+def test_nearest_colour_similarity_of_a_toy_palette():
+    colours = np.array([[[10.0, 0, 0], [90.0, 0, 0]],  # black and white bin centres
+                        [[50.0, 0, 0], [50.0, 0, 0]]])  # grey only
+    v = nearest_colour_similarity(colours)
+    assert v.shape == (2, 245)
+    assert v[0, [BLACK, WHITE]].tolist() == [0.0, 0.0]
+    assert v[0, GREY] == pytest.approx(-GREY_TO_BLACK / 100, abs=1e-6)  # both equally far
+    assert v[1, [BLACK, WHITE, GREY]] == pytest.approx(
+        [-GREY_TO_BLACK / 100, -GREY_TO_BLACK / 100, 0.0], abs=1e-6)
+    assert (v <= 0).all() and v.min() > -1.5
+
+
+def test_nearest_colour_transform_scores_minus_the_mean_distance():
+    items = _descriptors({BLACK: 0.5, WHITE: 0.5}, {GREY: 1.0})
+    styles = _descriptors({BLACK: 0.5, WHITE: 0.5}, {GREY: 1.0})
+    colours = np.array([[[10.0, 0, 0], [90.0, 0, 0]], [[50.0, 0, 0], [50.0, 0, 0]]])
+    weights = {"palette": 2, "texture": 1, "style": 1}  # palette 2/4 of the score
+    space = AestheticSpace(weights, palette="nearest-colour").fit(items, styles)
+    zi, zs = space.transform(items, "items"), space.transform(styles, "styles", colours)
+    assert zi.shape == zs.shape == (2, DIM + 1) and zs[:, -1].tolist() == [0.0, 0.0]
+    assert np.linalg.norm(zi, axis=1) == pytest.approx([1.0, 1.0], abs=1e-6)
+    plain = AestheticSpace(weights).fit(items, styles)
+    bi, bs = plain.transform(items, "items"), plain.transform(styles, "styles")
+    others = bi[:, 245:] @ bs[:, 245:].T
+    # black-and-white shopper: 0 to the black-and-white reference, -30.94 / 100 to grey;
+    # the grey shopper: the reverse
+    distance = np.array([[0.0, GREY_TO_BLACK], [GREY_TO_BLACK, 0.0]]) / 100
+    assert zi @ zs.T == pytest.approx(-0.5 * distance + others, abs=1e-5)
+    with pytest.raises(ValueError, match="dominant colours"):
+        space.transform(styles, "styles")
+    with pytest.raises(ValueError, match="standardise_palette"):
+        AestheticSpace(palette="nearest-colour", standardise_palette=True).fit(items, styles)
+
+
+STRIPES = {"both": [(0, 0, 0), (255, 255, 255), (200, 30, 30), (30, 160, 60), (40, 60, 200)],
+           "neither": [(200, 30, 30), (30, 160, 60), (40, 60, 200), (230, 200, 40),
+                       (180, 60, 170)]}
+
+
+def _stripes(colours):
+    img = Image.new("RGB", (160, 160))
+    for i, rgb in enumerate(colours):
+        img.paste(Image.new("RGB", (32, 160), rgb), (32 * i, 0))
+    return img
+
+
+def test_nearest_colour_prefers_the_reference_containing_the_shoppers_colours(tmp_path):
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    for name, colours in STRIPES.items():
+        _stripes(colours).save(folder / f"{name}.png")
+    _product((200, 30, 30)).save(folder / "product.png")
+    library = StyleLibrary.from_folder(folder)
+    found = dominant_colours(library.paths)
+    assert found.shape == (3, 5, 3)
+    # the five stripes are the five colours (the reference: scikit-image's Lab of each),
+    # within 3 units: at 64 px the stripes' borders mix and pull the centres a little
+    for row, name in enumerate(library.ids[:2]):
+        truth = rgb2lab(np.array(STRIPES[name], np.float64)[None] / 255)[0]
+        assert deltaE_ciede2000(truth[:, None], found[row][None]).min(1).max() < 3.0
+    # a product on white: its colour, not the backdrop's; with one colour for five
+    # clusters, the blended pixels at the mask's edge take one of them
+    red = rgb2lab(np.array([[[200, 30, 30]]]) / 255)[0]
+    assert np.sort(deltaE_ciede2000(found[2], red))[:4].max() < 5.0
+    # a shopper who wears black and white: "both" holds them among others, "neither"
+    # holds neither; only the first colour distances count, not the artwork's proportions
+    shopper = _descriptors({BLACK: 0.5, WHITE: 0.5})
+    styles = _descriptors({RED: 0.6, BLACK: 0.2, WHITE: 0.2}, {RED: 1.0}, {RED: 1.0})
+    only_palette = {"palette": 1, "texture": 0, "style": 0}
+    matcher = AestheticMatcher(only_palette, hubness=None, palette="nearest-colour").fit(
+        library, styles, shopper)
+    assert np.array_equal(matcher.style_colours_, found)
+    ids, scores = matcher.match(matcher.item_vectors(shopper), 3)
+    assert ids[0, 0] == "both"
+    expected = 0.5 * nearest_colour_similarity(found)[:, [BLACK, WHITE]].sum(1)
+    assert scores[0] == pytest.approx(np.sort(expected)[::-1], abs=1e-5)
+    # saved and loaded (with the default hubness correction, learned on the items)
+    items = _descriptors({BLACK: 0.5, WHITE: 0.5}, {RED: 1.0}, {GREY: 1.0})
+    fitted = AestheticMatcher(palette="nearest-colour").fit(library, styles, items)
+    users = fitted.item_vectors(items)
+    loaded = AestheticMatcher.load(fitted.save(tmp_path / "matcher"))
+    assert loaded.palette == "nearest-colour" and loaded.get_params() == fitted.get_params()
+    assert np.array_equal(loaded.style_colours_, found)
+    for a, b in zip(loaded.match(users, 3), fitted.match(users, 3), strict=True):
+        assert np.array_equal(a, b)
 
 
 def _library(tmp_path, n=4):
