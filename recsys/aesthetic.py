@@ -33,9 +33,10 @@ the palette's cosine by an asymmetric similarity: the share of the shopper's col
 mass that the reference's palette contains (:func:`palette_presence`);
 ``palette="nearest-colour"`` by minus the shopper's mean CIEDE2000 distance to the
 nearest of the reference's 5 k-means colours (:func:`dominant_colours`, computed from
-the references' pixels when the matcher is fitted). The default weights (palette
-4, texture 0.5, style 0.5) were chosen on the 300 demo shoppers
-(``docs/aesthetic.md``).
+the references' pixels when the matcher is fitted). The matcher's defaults (the
+nearest-colour palette alone, capacity prices at 2.0) were chosen on the 300 demo
+shoppers (``docs/aesthetic.md``, round 5; rounds 2-4's default was the Bhattacharyya
+palette 4, texture 0.5, style 0.5 under the inverted softmax at t = 0.01).
 
 :class:`StyleLibrary` is a folder of references with a ``styles.csv``;
 :class:`AestheticMatcher` indexes it with FAISS, matches users' aesthetic
@@ -91,7 +92,7 @@ log = logging.getLogger(__name__)
 
 BLOCKS = ("palette", "texture", "style")
 CLIP_BLOCK = "clip"  # the optional fourth block: OpenCLIP text-anchor similarities
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: round 5's defaults (format 2 files keep rounds 2-4's)
 _L_BINS, _AB_BINS, _AB_RANGE = 5, 7, 60.0
 _TEXTURE_CHANNELS = (32, 16, 24)  # stem, block 0 (stage 1), block 2 (end of stage 2)
 _MASK_SIZE, _PALETTE_SIZE, _STYLE_SIZE = 96, 64, 128
@@ -332,7 +333,9 @@ class AestheticEncoder(ImageEncoder):
         return out
 
 
-DEFAULT_BLOCK_WEIGHTS = {"palette": 4.0, "texture": 0.5, "style": 0.5, CLIP_BLOCK: 0.5}
+# the palette alone (round 5); clip is a placeholder, unmeasured, kept at about the 9%
+# of the score it had beside palette 4, texture 0.5, style 0.5
+DEFAULT_BLOCK_WEIGHTS = {"palette": 1.0, "texture": 0.0, "style": 0.0, CLIP_BLOCK: 0.1}
 PALETTE_SIMILARITIES = ("bhattacharyya", "coverage", "nearest-colour")
 PRESENT_SHARE = 0.02  # share of a reference's region that makes a colour count as present
 DOMINANT_COLOURS = 5  # k of a reference's k-means colours under palette="nearest-colour"
@@ -747,8 +750,8 @@ class AestheticMatcher:
         matching proportions, the share of the user's colours the reference contains, or
         minus their mean CIEDE2000 distance to the nearest of the reference's
         :data:`DOMINANT_COLOURS` k-means colours (computed at :meth:`fit` from
-        ``library``'s images, seed 0); the last two were measured on the demo shoppers
-        and not made the default (``docs/aesthetic.md``).
+        ``library``'s images, seed 0). The default, nearest-colour, was chosen on the
+        demo shoppers (``docs/aesthetic.md``, round 5).
     factory : str
         FAISS ``index_factory`` string (exact ``"Flat"`` by default; ``"HNSW32"`` for
         thousands of references).
@@ -761,10 +764,12 @@ class AestheticMatcher:
         Recency half-life of users' aesthetic vectors (:meth:`taste_model`); needs a
         time on every event, so the default is none (any log works); the study in
         ``docs/aesthetic.md`` uses 60 days.
-    hubness : {"isoftmax", "csls", "zscore", "balanced", None}
+    hubness : {"balanced", "isoftmax", "csls", "zscore", None}
         Hubness correction of the score (see above); ``None``: the plain cosine. The
-        default (inverted softmax at ``hub_temperature=0.01``) was chosen on the 300 demo
-        shoppers (``docs/aesthetic.md``).
+        default (capacity prices at ``max_share=2.0``, with the nearest-colour palette
+        alone) was chosen on the 300 demo shoppers (``docs/aesthetic.md``, round 5;
+        before it, the inverted softmax at ``hub_temperature=0.01``). ``"balanced"``
+        holds the population's scores in memory at :meth:`fit` (users x references).
     hub_k : int
         Neighbourhood size of ``"csls"`` (capped at the population and the library).
     hub_temperature : float
@@ -813,10 +818,10 @@ class AestheticMatcher:
     def __init__(self, block_weights: Mapping[str, float] | None = None, center: bool = True,
                  factory: str = "Flat", mix_k: int = 3, temperature: float = 0.05,
                  half_life_days: float | None = None, standardise_palette: bool = False,
-                 hubness: str | None = "isoftmax", hub_k: int = 10,
+                 hubness: str | None = "balanced", hub_k: int = 10,
                  hub_temperature: float = 0.01, max_share: float = 2.0,
                  max_centroids: int = 1, items_per_centroid: int = 4,
-                 palette: str = "bhattacharyya") -> None:
+                 palette: str = "nearest-colour") -> None:
         self.block_weights = dict(block_weights) if block_weights else None
         self.standardise_palette = standardise_palette
         self.palette = palette
@@ -1090,16 +1095,24 @@ class AestheticMatcher:
 
     @classmethod
     def load(cls, path: str | Path) -> AestheticMatcher:
-        """A matcher written by :meth:`save` (format 2, or round 1's format 1: no hubness
+        """A matcher written by :meth:`save` (format 3; rounds 2-4's format 2: where its
+        weights were the defaults, palette 4, texture 0.5, style 0.5, clip 0.5, and the
+        Bhattacharyya palette where none was saved; round 1's format 1: no hubness
         correction, and palette weight 2 where its weights were the defaults)."""
         path = saved_directory(path, "matcher.json")
-        meta = read_meta(path, "matcher.json", "AestheticMatcher", (1, FORMAT_VERSION))
+        meta = read_meta(path, "matcher.json", "AestheticMatcher",
+                         range(1, FORMAT_VERSION + 1))
         if meta["format"] == 1:
             meta["params"] = {k: meta[k] for k in (
                 "block_weights", "center", "factory", "mix_k", "temperature",
-                "half_life_days", "standardise_palette")} | {"hubness": None}
+                "half_life_days", "standardise_palette")} | {"hubness": None,
+                                                             "palette": "bhattacharyya"}
             meta["params"]["block_weights"] = (meta["block_weights"] or
                                                {"palette": 2.0, "texture": 0.5, "style": 0.5})
+        elif meta["format"] == 2:
+            meta["params"] = {"palette": "bhattacharyya"} | meta["params"]
+            meta["params"]["block_weights"] = (meta["params"]["block_weights"] or {
+                "palette": 4.0, "texture": 0.5, "style": 0.5, CLIP_BLOCK: 0.5})
         self = cls(**meta["params"])
         self.index_ = StyleIndex.load(path)
         with np.load(path / "arrays.npz", allow_pickle=False) as z:

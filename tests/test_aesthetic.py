@@ -75,7 +75,7 @@ def test_space_centres_each_domain_and_weights_blocks():
     rng = np.random.default_rng(0)
     items = rng.normal(size=(40, DIM)) + 3.0
     styles = rng.normal(size=(10, DIM)) - 3.0
-    space = AestheticSpace({"palette": 0}).fit(items, styles)
+    space = AestheticSpace({"palette": 0, "texture": 0.5, "style": 0.5}).fit(items, styles)
     # after centring, texture and style of the two domains are comparable despite the
     # offset between them
     zi, zs = space.transform(items, "items"), space.transform(styles, "styles")
@@ -137,7 +137,8 @@ def test_coverage_prefers_a_reference_containing_both_colours_to_matching_propor
     styles = _descriptors({BLACK: 0.1, WHITE: 0.1, RED: 0.8}, {BLACK: 0.5, GREY: 0.5},
                           {BLACK: trace, RED: 1 - trace})
     only_palette = {"palette": 1, "texture": 0, "style": 0}
-    bhatt = AestheticMatcher(only_palette, hubness=None).fit(library, styles, shopper)
+    bhatt = AestheticMatcher(only_palette, hubness=None, palette="bhattacharyya").fit(
+        library, styles, shopper)
     ids, scores = bhatt.match(bhatt.item_vectors(shopper), 3)
     # Bhattacharyya: s1 sqrt(.5 .5) = .5 beats s0 2 sqrt(.5 .1) = .447
     assert ids[0, :2].tolist() == ["s1", "s0"]
@@ -521,7 +522,8 @@ def test_a_round_one_matcher_still_loads(tmp_path):
     library = StyleLibrary.from_folder(_library(tmp_path))
     rng = np.random.default_rng(4)
     styles, items = rng.normal(size=(4, DIM)), rng.normal(size=(30, DIM))
-    old = AestheticMatcher({"palette": 2.0}, hubness=None).fit(library, styles, items)
+    old = AestheticMatcher({"palette": 2.0, "texture": 0.5, "style": 0.5}, hubness=None,
+                           palette="bhattacharyya").fit(library, styles, items)
     folder = old.save(tmp_path / "matcher")
     meta = json.loads((folder / "matcher.json").read_text())
     v1 = {"format": 1, **meta.pop("params"), "style_paths": meta["style_paths"],
@@ -538,6 +540,30 @@ def test_a_round_one_matcher_still_loads(tmp_path):
     for a, b in zip(loaded.match(users, 4), old.match(users, 4), strict=True):
         assert np.array_equal(a, b)
     assert np.allclose(loaded.style_vectors_, old.style_vectors_)
+
+
+def test_a_round_four_matcher_loads_with_its_defaults(tmp_path):
+    """Format 2 (rounds 2-4): weights None meant palette 4, texture 0.5, style 0.5, and a
+    file without a palette compared palettes by the Bhattacharyya coefficient."""
+    import json
+
+    library = StyleLibrary.from_folder(_library(tmp_path))
+    rng = np.random.default_rng(5)
+    styles, items = rng.normal(size=(4, DIM)), rng.normal(size=(30, DIM))
+    old = AestheticMatcher({"palette": 4.0, "texture": 0.5, "style": 0.5},
+                           hubness="isoftmax", palette="bhattacharyya").fit(library, styles,
+                                                                            items)
+    folder = old.save(tmp_path / "matcher")
+    meta = json.loads((folder / "matcher.json").read_text())
+    meta["format"], meta["params"]["block_weights"] = 2, None
+    del meta["params"]["palette"]
+    (folder / "matcher.json").write_text(json.dumps(meta))
+    loaded = AestheticMatcher.load(folder)
+    assert loaded.palette == "bhattacharyya" and loaded.block_weights["texture"] == 0.5
+    users = old.item_vectors(items[:6])
+    assert np.array_equal(loaded.item_vectors(items[:6]), users)
+    for a, b in zip(loaded.match(users, 4), old.match(users, 4), strict=True):
+        assert np.array_equal(a, b)
 
 
 def test_arbitrary_styler_takes_a_precomputed_style_vector():
@@ -801,7 +827,8 @@ def test_style_fit_study_end_to_end_on_two_colours(tmp_path):
     result = style_fit_study(
         transactions, pd.DataFrame(articles, columns=["article_id", "colour_group_name"]),
         tmp_path / "images", StyleLibrary.from_folder(tmp_path / "styles"), tmp_path / "cache")
-    assert result["params"]["matcher"]["hubness"] == "isoftmax"
+    assert result["params"]["matcher"]["hubness"] == "balanced"
+    assert result["params"]["matcher"]["palette"] == "nearest-colour"
     assert {u["unit"][:-2]: u["style"] for u in result["units"]} == {"Red": "s0",
                                                                    "Dark Blue": "s1"}
     assert result["colour"]["labels"]["mean_percentile"] == 0.0
@@ -829,7 +856,8 @@ def test_the_clip_block_is_configured_through_the_spec(colour_shop, tiny_clip, t
     assert model.style_encoder_params == clip and model.get_params() == spec.to_dict()
     model.encoder = ColourEncoder(grid=2)
     model.fit(colour_shop["data"], colour_shop["catalog"], colour_shop["root"] / "styles")
-    assert model.styles_.style_vectors_.shape[1] == DIM + len(DEFAULT_STYLE_LABELS)
+    # + 1: the nearest-colour palette's norm-keeping column
+    assert model.styles_.style_vectors_.shape[1] == DIM + len(DEFAULT_STYLE_LABELS) + 1
     loaded = StyleRecommender.load(model.save(tmp_path / "model"))
     assert loaded.get_params()["style_match"]["encoder_params"] == clip
     bad = {"data": {"images": "img"}, "styles": "s",
