@@ -245,7 +245,7 @@ class LearnedRanker:
         Length of each label window, in days.
     train_windows, validation_windows : int
         Windows the model learns from, and the most recent ones on which it must
-        beat every single source (``validation_windows=0`` skips the check).
+        beat the serving source (``validation_windows=0`` skips the check).
     validation_confidence : float or None
         The model ranks only if the lower bound of its MAP@12 gain over the serving
         source on the validation windows, at this one-sided confidence (2,000
@@ -300,8 +300,8 @@ class LearnedRanker:
         (``"union"``), over the purchases of all label windows (pooled): how much of
         what was bought the model could rank at best.
     validation_gain_ : dict
-        The model's MAP@12 gain over the best source on validation: ``versus`` (that
-        source), ``gain``, ``low`` (the bound the rule compares with 0),
+        The model's MAP@12 gain on validation over the source that serves otherwise:
+        ``versus`` (that source), ``gain``, ``low`` (the bound the rule compares with 0),
         ``confidence`` and ``users``; empty without validation.
     feature_names_ : list of str
     feature_importances_ : dict of str to float
