@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,40 @@ def history_units(transactions: pd.DataFrame, windows: int, window_days: int = 2
     return frame[frame["unit"].isin(future)], future
 
 
+@dataclass(frozen=True)
+class StudyData:
+    """The matched histories (``frame``, column ``unit``), each unit's future (windows
+    only) and the aesthetic descriptors of their articles and of the library."""
+
+    catalog: Catalog
+    frame: pd.DataFrame
+    future: dict[str, list[str]]
+    item_ids: list[str]
+    item_desc: np.ndarray
+    style_desc: np.ndarray
+
+
+def study_data(transactions: pd.DataFrame, image_root: str | Path, library: StyleLibrary,
+               cache_dir: str | Path, windows: int = 0, window_days: int = 28,
+               history_days: int = 180, threads: int | None = 1,
+               encoder_params: Mapping[str, Any] | None = None) -> StudyData:
+    """Units of :func:`history_units` and the cached descriptors the study matches them
+    with (only the articles of their histories are described)."""
+    catalog = Catalog.from_directory(image_root)
+    transactions = transactions.assign(article_id=transactions["article_id"].astype(str))
+    frame, future = history_units(transactions, windows, window_days, history_days)
+    needed = sorted(set(frame["article_id"]) & set(catalog.item_ids))
+    log.info("style fit: %d units, %d articles to describe", frame["unit"].nunique(),
+             len(needed))
+    item_ids, item_desc = aesthetic_descriptors(
+        needed, [catalog.path(i) for i in needed], cache_dir, threads, encoder_params)
+    style_ids, style_desc = aesthetic_descriptors(library.ids, library.paths, cache_dir,
+                                                  threads, encoder_params)
+    if style_ids != library.ids:
+        raise ValueError(f"unreadable style references: {set(library.ids) - set(style_ids)}")
+    return StudyData(catalog, frame, future, item_ids, item_desc, style_desc)
+
+
 def style_fit_study(
     transactions: pd.DataFrame,
     articles: pd.DataFrame,
@@ -127,18 +162,10 @@ def style_fit_study(
     if any, on the matched histories themselves (never on a window's purchases).
     """
     started = time.time()
-    catalog = Catalog.from_directory(image_root)
-    transactions = transactions.assign(article_id=transactions["article_id"].astype(str))
-    frame, future = history_units(transactions, windows, window_days, history_days)
-    needed = sorted(set(frame["article_id"]) & set(catalog.item_ids))
-    log.info("style fit: %d units, %d articles to describe", frame["unit"].nunique(),
-             len(needed))
-    item_ids, item_desc = aesthetic_descriptors(
-        needed, [catalog.path(i) for i in needed], cache_dir, threads, encoder_params)
-    style_ids, style_desc = aesthetic_descriptors(library.ids, library.paths, cache_dir,
-                                                  threads, encoder_params)
-    if style_ids != library.ids:
-        raise ValueError(f"unreadable style references: {set(library.ids) - set(style_ids)}")
+    data = study_data(transactions, image_root, library, cache_dir, windows, window_days,
+                      history_days, threads, encoder_params)
+    catalog, frame, future = data.catalog, data.frame, data.future
+    item_ids, item_desc, style_desc = data.item_ids, data.item_desc, data.style_desc
     matcher = AestheticMatcher(block_weights, half_life_days=half_life_days,
                                **(matcher_params or {}))
     population = Interactions.from_frame(frame, "unit", "article_id", "t_dat")

@@ -23,9 +23,8 @@ import numpy as np
 import pandas as pd
 
 from evaluation.style_fit import discrimination, match_histories
-from evaluation.style_study import aesthetic_descriptors, history_units
+from evaluation.style_study import study_data
 from recsys.aesthetic import AestheticMatcher, StyleLibrary
-from recsys.catalog import Catalog
 from recsys.interactions import Interactions
 
 
@@ -44,13 +43,10 @@ def main() -> None:
 
     transactions = pd.read_csv(args.transactions, dtype={"article_id": str,
                                                          "customer_id": str})
-    frame, _ = history_units(transactions, 0)
-    catalog = Catalog.from_directory(args.images)
-    needed = sorted(set(frame["article_id"]) & set(catalog.item_ids))
     library = StyleLibrary.from_folder(args.styles, args.exclude_licence or None)
-    item_ids, item_desc = aesthetic_descriptors(needed, [catalog.path(i) for i in needed],
-                                                args.cache_dir)
-    _, style_desc = aesthetic_descriptors(library.ids, library.paths, args.cache_dir)
+    study = study_data(transactions, args.images, library, args.cache_dir)
+    frame, item_ids, item_desc = study.frame, study.item_ids, study.item_desc
+    style_desc = study.style_desc
     params = json.loads(args.params)
     units = np.array(sorted(frame["unit"].unique()))
     splits = []

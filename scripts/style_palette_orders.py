@@ -21,9 +21,8 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from evaluation.style_fit import Judges, percentiles
-from evaluation.style_study import aesthetic_descriptors, history_units
+from evaluation.style_study import study_data
 from recsys.aesthetic import PALETTE_SIMILARITIES, AestheticMatcher, StyleLibrary
-from recsys.catalog import Catalog
 from recsys.interactions import Interactions
 
 
@@ -44,14 +43,12 @@ def main() -> None:
     transactions = pd.read_csv(args.transactions, dtype={"article_id": str,
                                                          "customer_id": str})
     articles = pd.read_csv(args.articles, dtype={"article_id": str})
-    frame, _ = history_units(transactions, 0)
-    catalog = Catalog.from_directory(args.images)
-    needed = sorted(set(frame["article_id"]) & set(catalog.item_ids))
     library = StyleLibrary.from_folder(args.styles, args.exclude_licence or None)
-    item_ids, item_desc = aesthetic_descriptors(needed, [catalog.path(i) for i in needed],
-                                                args.cache_dir)
-    _, style_desc = aesthetic_descriptors(library.ids, library.paths, args.cache_dir)
-    judges = Judges.build(library.paths, articles, {i: str(catalog.path(i)) for i in item_ids})
+    study = study_data(transactions, args.images, library, args.cache_dir)
+    frame, item_ids, item_desc = study.frame, study.item_ids, study.item_desc
+    style_desc = study.style_desc
+    judges = Judges.build(library.paths, articles,
+                          {i: str(study.catalog.path(i)) for i in item_ids})
     data = Interactions.from_frame(frame, "unit", "article_id", "t_dat")
     histories = {u: sorted(set(g)) for u, g in frame.groupby("unit")["article_id"]}
     params = json.loads(args.params)
