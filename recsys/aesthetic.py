@@ -58,6 +58,7 @@ Examples
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -369,35 +370,48 @@ def dominant_colours(paths: Sequence[str | Path], k: int = DOMINANT_COLOURS, see
     ``random_state=seed``, on the distinct colours weighted by their counts). An image
     with fewer than ``k`` distinct colours repeats its last one; a subject of fewer than
     ``k`` colours gives the rest to blended pixels (a product's edge against its backdrop).
+    Each image's colours are kept for the process, keyed by its path, size and
+    modification time: a matcher refitted on the same library reads no image again.
 
     Examples
     --------
     >>> dominant_colours(["data/styles/wave.jpg"]).shape  # doctest: +SKIP
     (1, 5, 3)
     """
+    out = np.empty((len(paths), k, 3))
+    for row, path in enumerate(paths):
+        stat = os.stat(path)
+        out[row] = _subject_colours(str(path), (stat.st_size, stat.st_mtime_ns), k, seed,
+                                    plain_threshold)
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _subject_colours(path: str, stamp: tuple[int, int], k: int, seed: int,
+                     plain_threshold: float) -> np.ndarray:
+    """One image's row of :func:`dominant_colours` (read-only; ``stamp`` keys the cache)."""
     from sklearn.cluster import KMeans
 
     from ground.images import load_image
     from stylers.adaptive import region_mask
     from stylers.colorspace import rgb_to_lab
 
-    out = np.empty((len(paths), k, 3))
-    for row, path in enumerate(paths):
-        square = fit_square(load_image(path), 160, "stretch")
-        x = torch.from_numpy(np.asarray(square, np.float32) / 255.0).permute(2, 0, 1)[None]
-        mask = F.interpolate(region_mask(F.interpolate(x, size=(_MASK_SIZE, _MASK_SIZE),
-                                                       mode="area"), plain_threshold),
-                             size=(_PALETTE_SIZE, _PALETTE_SIZE), mode="bilinear",
-                             align_corners=False)
-        lab = rgb_to_lab(F.interpolate(x, size=(_PALETTE_SIZE, _PALETTE_SIZE), mode="area"))
-        pixels = lab[0].flatten(1).T[mask[0, 0].flatten() > 0.5].double().numpy()
-        if not len(pixels):
-            pixels = lab[0].flatten(1).T.double().numpy()
-        colours, counts = np.unique(pixels.round(3), axis=0, return_counts=True)
-        n = min(k, len(colours))
-        km = KMeans(n_clusters=n, n_init=2, random_state=seed).fit(colours, sample_weight=counts)
-        centres = km.cluster_centers_
-        out[row] = np.concatenate([centres, np.repeat(centres[-1:], k - n, 0)])
+    square = fit_square(load_image(path), 160, "stretch")
+    x = torch.from_numpy(np.asarray(square, np.float32) / 255.0).permute(2, 0, 1)[None]
+    mask = F.interpolate(region_mask(F.interpolate(x, size=(_MASK_SIZE, _MASK_SIZE),
+                                                   mode="area"), plain_threshold),
+                         size=(_PALETTE_SIZE, _PALETTE_SIZE), mode="bilinear",
+                         align_corners=False)
+    lab = rgb_to_lab(F.interpolate(x, size=(_PALETTE_SIZE, _PALETTE_SIZE), mode="area"))
+    pixels = lab[0].flatten(1).T[mask[0, 0].flatten() > 0.5].double().numpy()
+    if not len(pixels):
+        pixels = lab[0].flatten(1).T.double().numpy()
+    colours, counts = np.unique(pixels.round(3), axis=0, return_counts=True)
+    n = min(k, len(colours))
+    km = KMeans(n_clusters=n, n_init=2, random_state=seed).fit(colours, sample_weight=counts)
+    centres = km.cluster_centers_
+    out = np.concatenate([centres, np.repeat(centres[-1:], k - n, 0)])
+    out.setflags(write=False)
     return out
 
 

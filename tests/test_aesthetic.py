@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -244,6 +245,20 @@ def _stripes(colours):
     for i, rgb in enumerate(colours):
         img.paste(Image.new("RGB", (32, 160), rgb), (32 * i, 0))
     return img
+
+
+def test_dominant_colours_are_read_again_when_the_image_changes(tmp_path):
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    path = tmp_path / "ref.png"
+    _stripes(STRIPES["both"]).save(path)
+    first = dominant_colours([path])
+    np.testing.assert_array_equal(dominant_colours([path]), first)  # kept, not recomputed
+    _product((200, 30, 30)).save(path)
+    os.utime(path, ns=(1, 1))  # a new stamp even within the clock's resolution
+    red = rgb2lab(np.array([[[200, 30, 30]]]) / 255)[0]
+    assert np.sort(deltaE_ciede2000(dominant_colours([path])[0], red))[:4].max() < 5.0
+    assert np.sort(deltaE_ciede2000(first[0], red))[:4].max() > 5.0  # stripes: one red
 
 
 def test_nearest_colour_prefers_the_reference_containing_the_shoppers_colours(tmp_path):
