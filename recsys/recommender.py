@@ -409,19 +409,9 @@ class StyleRecommender:
     def _fit_learned(self, interactions: Interactions, item_ids: np.ndarray,
                      item_groups: Mapping[str, str] | None, styles: np.ndarray | None
                      ) -> LearnedRanker | None:
-        factory = (self.ranker_params or {}).get("index_factory", "Flat")
-        sources = [{"name": "repurchase"},
-                   {"name": "cf", "params": {"model": self.cf_model,
-                                             "params": self.cf_params or {}}},
-                   {"name": "recent-popularity"},
-                   {"name": "visual-neighbours", "params": {"index_factory": factory}}]
-        baseline = [{"name": "repurchase"}, {"name": "recent-popularity"}]
-        if item_groups is not None:  # siblings of bought items (H&M: same product code)
-            sources.insert(1, {"name": "family", "params": {"group": GIVEN_GROUPS}})
-            baseline.insert(1, sources[1])
-        # the strongest simple baseline as one list: a feature, and the fallback the
-        # no-harm check can hand the slates to as a whole
-        sources.append({"name": "chain", "params": {"chain": baseline}})
+        sources = learned_sources(self.cf_model, self.cf_params,
+                                  (self.ranker_params or {}).get("index_factory", "Flat"),
+                                  item_groups is not None)
         params = {"sources": sources} | (self.learned_params or {})
         try:
             return LearnedRanker(**params).fit(interactions, item_ids, self.taste_.item_vectors_,
@@ -818,6 +808,32 @@ class StyleRecommender:
                              f"{' '.join(str(err).split())[:300]}); fit it again") from err
         model._index_columns()
         return model
+
+
+def learned_sources(cf_model: str, cf_params: Mapping[str, Any] | None,
+                    index_factory: str = "Flat", item_groups: bool = False
+                    ) -> list[dict[str, Any]]:
+    """The candidate sources of :class:`StyleRecommender`'s learned ranker: repurchase,
+    same family (with ``item_groups``), the CF model, recent popularity, visual
+    neighbours over ``index_factory``, and the chain of the simple ones.
+
+    Examples
+    --------
+    >>> [s["name"] for s in learned_sources("als", None, item_groups=True)]
+    ['repurchase', 'family', 'cf', 'recent-popularity', 'visual-neighbours', 'chain']
+    """
+    sources = [{"name": "repurchase"},
+               {"name": "cf", "params": {"model": cf_model, "params": dict(cf_params or {})}},
+               {"name": "recent-popularity"},
+               {"name": "visual-neighbours", "params": {"index_factory": index_factory}}]
+    baseline = [{"name": "repurchase"}, {"name": "recent-popularity"}]
+    if item_groups:  # siblings of bought items (H&M: same product code)
+        sources.insert(1, {"name": "family", "params": {"group": GIVEN_GROUPS}})
+        baseline.insert(1, sources[1])
+    # the strongest simple baseline as one list: a feature, and the fallback the
+    # no-harm check can hand the slates to as a whole
+    sources.append({"name": "chain", "params": {"chain": baseline}})
+    return sources
 
 
 def _mix_label(mix: tuple[tuple[str, float], ...]) -> str:

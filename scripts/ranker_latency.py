@@ -22,16 +22,11 @@ import numpy as np
 from evaluation.adapters import _image_embeddings
 from recsys.interactions import load_interactions
 from recsys.learned_ranker import LearnedRanker
+from recsys.recommender import learned_sources
 from recsys.taste import EmbeddingPCA
 
 ALS = {"factors": 64, "iterations": 15, "random_state": 0, "num_threads": 1}
-FAMILY = {"name": "family", "params": {"group": "item_groups"}}
-SOURCES = [{"name": "repurchase"}, FAMILY,
-           {"name": "cf", "params": {"model": "als", "params": ALS}},
-           {"name": "recent-popularity"},
-           {"name": "visual-neighbours", "params": {"index_factory": "HNSW32"}},
-           {"name": "chain", "params": {"chain": [{"name": "repurchase"}, FAMILY,
-                                                  {"name": "recent-popularity"}]}}]
+SOURCES = learned_sources("als", ALS, "HNSW32", item_groups=True)
 
 
 def main() -> None:
