@@ -1,0 +1,57 @@
+"""The label judge of a ``stylerec style-report`` run, split by whether a unit's customer
+is one of the shoppers whose histories chose the matcher's settings (the demo set).
+
+Run (from a checkout next to ``shared/``) on an H&M report's ``results.json``::
+
+    python scripts/style_heldout_customers.py out/style-report-hm/results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from evaluation.metrics import bootstrap_ci
+from evaluation.style_fit import Judges, percentiles
+from recsys.aesthetic import StyleLibrary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--chosen-on", type=Path, default=Path("data/transactions.csv"),
+                        help="transactions of the shoppers the settings were chosen on")
+    parser.add_argument("--styles", type=Path, default=Path("../shared/data/styles"))
+    parser.add_argument("--exclude-licence", default="tests only")
+    parser.add_argument("--articles", type=Path, default=Path("../shared/data/hm/articles.csv"))
+    args = parser.parse_args()
+
+    result = json.loads(args.results.read_text())
+    library = StyleLibrary.from_folder(args.styles, args.exclude_licence or None)
+    if library.ids != result["params"]["library"]:
+        raise ValueError(f"{args.styles} is not the library of {args.results}")
+    judges = Judges.build(library.paths, pd.read_csv(args.articles, dtype={"article_id": str}),
+                          None)
+    chosen_on = set(pd.read_csv(args.chosen_on, dtype=str)["customer_id"])
+    groups: dict[str, list[float]] = {"chosen-on customers": [], "other customers": []}
+    for unit in result["units"]:
+        distances = judges.label_distances(unit["items"])
+        if distances is not None:
+            matched = np.array([library.ids.index(unit["style"])])
+            seen = unit["unit"].split("@")[0] in chosen_on
+            groups["chosen-on customers" if seen else "other customers"].append(
+                float(percentiles(distances[None], matched)[0]))
+    out = {}
+    for name, values in groups.items():
+        low, high = bootstrap_ci(values) if values else (float("nan"), float("nan"))
+        out[name] = {"units": len(values), "label_percentile": round(float(np.mean(values)), 3)
+                     if values else None, "ci": [round(low, 3), round(high, 3)]}
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
