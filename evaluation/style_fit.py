@@ -30,6 +30,10 @@ behaviour (H&M)
     palette by the label judge) against the average over all references (a
     random style): the lift, with a bootstrap interval over shoppers.
 
+A ceiling (:func:`judge_ceiling`): the same checks with the label judge as the
+matcher. Stability and lift are judged on colour; a matcher that knew the labels
+reaches only what the shoppers' colours allow.
+
 Examples
 --------
 >>> lab = np.array([[50.0, 0.0, 0.0], [50.0, 40.0, 0.0]])
@@ -41,9 +45,11 @@ array([0.5])
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -155,7 +161,11 @@ class Judges:
         lab = label_lab(articles["colour_group_name"].tolist())
         labels = {a: lab[i] for i, a in enumerate(articles["article_id"].astype(str))
                   if not np.isnan(lab[i]).any()}
-        kms = {i: kmeans_palette(p, k) for i, p in (item_paths or {}).items()}
+        from tqdm.auto import tqdm
+
+        kms = {i: kmeans_palette(p, k) for i, p in tqdm(
+            (item_paths or {}).items(), desc="k-means judge", unit="img", mininterval=5,
+            disable=not item_paths)}
         return cls(styles, labels, kms)
 
     def label_distances(self, items: Sequence[str]) -> np.ndarray | None:
@@ -308,6 +318,70 @@ def behaviour_lift(future: dict[str, list[str]], matched: dict[str, int],
             "random_share": float(r.mean()), "lift": float(m.mean() / r.mean()),
             "lift_ci_low": float(np.quantile(ratios, 0.025)),
             "lift_ci_high": float(np.quantile(ratios, 0.975))}
+
+
+def _label_rows(histories: dict[str, list[str]], judges: Judges
+                ) -> tuple[list[str], np.ndarray]:
+    """Shoppers with a colour label and their ``[n, n_styles]`` label-judge distances."""
+    users, rows = [], []
+    for user, items in histories.items():
+        d = judges.label_distances(items)
+        if d is not None:
+            users.append(user)
+            rows.append(d)
+    return users, np.reshape(rows, (len(rows), len(judges.style_palettes)))
+
+
+def judge_ceiling(histories: dict[str, list[str]], older: dict[str, list[str]],
+                  newer: dict[str, list[str]], judges: Judges, names: Sequence[str],
+                  max_share: float, future: dict[str, list[str]] | None = None,
+                  near: list[set[str]] | None = None, seed: int = 0) -> dict[str, Any]:
+    """The checks with the label judge as the matcher: what a matcher that knew every
+    shopper's colour labels would reach on these shoppers (a ceiling for any
+    colour-faithful matcher, since stability and lift are judged on the same labels).
+
+    Each shopper takes the reference of least label-judge distance, plainly
+    (``"plain"``) and under capacity prices at ``max_share``
+    (:func:`~recsys.aesthetic.capacity_prices` of minus the whole histories'
+    distances, as ``hubness="balanced"`` learns them; ``"capped"``); the halves are
+    matched at the same prices. Labels are coarse, so many shoppers tie exactly and no
+    price could split them: each shopper's distances get a fixed ``seed``-ed jitter
+    below 0.001 ΔE00, the same in both halves (consistent tie-breaks can only raise the
+    stability). ``"colour_mode"``: the stability of each half's most frequent label
+    colour (no library involved; ties go to the colour met first).
+    """
+    from recsys.aesthetic import capacity_prices
+
+    everyone = sorted(set(histories) | set(older) | set(newer))
+    noise = dict(zip(everyone, np.random.default_rng(seed).random(
+        (len(everyone), len(names))) * 1e-3, strict=True))
+
+    def scores(part: dict[str, list[str]]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        users, dist = _label_rows(part, judges)
+        return users, dist, -dist - np.array([noise[u] for u in users]).reshape(dist.shape)
+
+    users, dist, full = scores(histories)
+    halves = [scores(part) for part in (older, newer)]
+    out: dict[str, Any] = {"users": len(users), "max_share": max_share}
+    for name, prices in (("plain", np.zeros(len(names))),
+                         ("capped", capacity_prices(full, max_share, names))):
+        matched = {u: int(i) for u, i in zip(users, np.argmax(full - prices, 1), strict=True)}
+        old, new = ({u: names[i] for u, i in zip(us, np.argmax(h - prices, 1), strict=True)}
+                    for us, _, h in halves)
+        out[name] = {
+            "label_percentile": float(percentiles(dist, np.array(list(matched.values()))).mean()),
+            "stability": stability(old, new),
+            "discrimination": discrimination([names[i] for i in matched.values()], len(names))}
+        if future is not None and near is not None:
+            out[name]["behaviour"] = behaviour_lift(future, matched, near)
+
+    def mode(part: dict[str, list[str]]) -> dict[str, str]:
+        colours = {u: [tuple(judges.item_label_lab[i].round(3)) for i in items
+                       if i in judges.item_label_lab] for u, items in part.items()}
+        return {u: str(Counter(c).most_common(1)[0][0]) for u, c in colours.items() if c}
+
+    out["colour_mode"] = stability(mode(older), mode(newer))
+    return out
 
 
 def split_halves(frame: pd.DataFrame, user_col: str, time_col: str

@@ -1,5 +1,7 @@
 """The style-fit study: match shoppers to a style library and run the four checks of
-:mod:`evaluation.style_fit` on a purchase log.
+:mod:`evaluation.style_fit` on a purchase log, next to the same checks with the label
+judge itself as the matcher (:func:`~evaluation.style_fit.judge_ceiling`: what knowing
+every shopper's colour labels would reach on these shoppers).
 
 Two designs:
 
@@ -40,6 +42,7 @@ from evaluation.style_fit import (
     behaviour_lift,
     colour_agreement,
     discrimination,
+    judge_ceiling,
     match_histories,
     mix_stability,
     near_sets,
@@ -199,9 +202,15 @@ def style_fit_study(
         "discrimination": discrimination([names[i] for i in matches.nearest.values()],
                                          len(names)),
     }
+    near = None
     if windows:
         near = near_sets(judges, articles["article_id"].astype(str).tolist(), near_fraction)
         result["behaviour"] = behaviour_lift(future, matches.nearest, near)
+    result["ceiling"] = judge_ceiling(
+        {u: histories[u] for u in matches.nearest},
+        *({u: sorted(set(g)) for u, g in part.groupby("unit")["article_id"]}
+          for part in (older, newer)),
+        judges, names, matcher.max_share, future if windows else None, near)
     rows = {item: r for r, item in enumerate(item_ids)}
     result["units"] = [
         {"unit": u, "items": histories[u], "style": names[i],

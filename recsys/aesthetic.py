@@ -712,6 +712,63 @@ _PRICE_TIE = 1e-5  # nets this close to a user's best count as theirs too (float
 _MAX_PRICE_ROUNDS = 1000
 
 
+def _demand(scores: np.ndarray, prices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which references each user may take at ``prices`` (``[n, n_styles]``: within
+    :data:`_PRICE_TIE` of their best net score, since a float32 index may pick any of
+    them) and each net score's margin over the user's best elsewhere."""
+    net = scores - prices
+    rows = np.arange(len(net))
+    top = net.argmax(1)
+    first = net[rows, top]
+    net[rows, top] = -np.inf
+    second = net.max(1)
+    net[rows, top] = first
+    near = net >= first[:, None] - _PRICE_TIE
+    best_elsewhere = np.where(np.arange(net.shape[1]) == top[:, None], second[:, None],
+                              first[:, None])
+    return near, net - best_elsewhere
+
+
+def capacity_prices(scores: np.ndarray, max_share: float,
+                    names: Sequence[str] | None = None) -> np.ndarray:
+    """Per-column prices under which no column is the best of more than its cap of the rows.
+
+    ``scores`` is ``[n_users, n_styles]`` (higher is better); the cap is ``max_share``
+    times the fair share ``n_users / n_styles`` (at least ``ceil(n_users / n_styles)``).
+    An ascending auction (:class:`AestheticMatcher`, ``hubness="balanced"``): each round
+    raises every over-subscribed column's price by its ``(cap + 1)``-th largest margin
+    plus :data:`_PRICE_STEP`. ``names`` label the columns in the warning given if the
+    rounds run out. Any scores work: the matcher's similarities, or a judge's minus
+    distances (``scripts/style_ceiling.py``).
+
+    Examples
+    --------
+    >>> capacity_prices(np.array([[1.0, 0.0], [0.9, 0.5], [0.8, 0.7]]), 1.5)  # cap 2: one leaves
+    array([0.1001, 0.    ])
+    """
+    n, n_styles = scores.shape
+    cap = max(math.ceil(n / n_styles), math.floor(max_share * n / n_styles))
+    scores = np.asarray(scores, np.float64)
+    prices = np.zeros(n_styles)
+    for rounds in range(_MAX_PRICE_ROUNDS + 1):
+        near, margin = _demand(scores, prices)
+        counts = near.sum(0)
+        over = np.flatnonzero(counts > cap)
+        if not len(over) or rounds == _MAX_PRICE_ROUNDS:
+            break
+        for s in over:  # the (cap+1)-th largest margin at s: it and those below leave
+            prices[s] += -np.partition(-margin[near[:, s], s], cap)[cap] + _PRICE_STEP
+    names = list(names) if names is not None else [str(s) for s in range(n_styles)]
+    if len(over):
+        log.warning("balanced hubness: after %d rounds %s still over the cap of %d users "
+                    "(identical users, for one, cannot be split by a price)", rounds,
+                    {names[s]: int(counts[s]) for s in over}, cap)
+    log.info("balanced hubness: %d rounds, %d of %d references priced (highest %.4f), "
+             "cap %d of %d users, largest share %d", rounds, int((prices > 0).sum()),
+             n_styles, prices.max(), cap, n, counts.max())
+    return prices
+
+
 class AestheticMatcher:
     """FAISS index of style references in the aesthetic space; nearest and mixed styles.
 
@@ -773,7 +830,12 @@ class AestheticMatcher:
         References mixed into a personal style.
     temperature : float
         Softmax temperature of the mixing weights over the top-``mix_k`` scores (and
-        of the pooling over a user's centroids).
+        of the pooling over a user's centroids). The default 0.01 is one CIEDE2000 unit
+        (about a just-noticeable colour difference) on the nearest-colour score
+        (``-ΔE00 / 100``); with 5 references mixed, the two halves of a shopper's history
+        get closer mixes than random pairs of shoppers on both study sets
+        (``docs/aesthetic.md``, round 6; before it, 3 references at 0.05, which weighs
+        nearest-colour's top scores, a fraction of a ΔE00 apart, almost equally).
     half_life_days : float or None
         Recency half-life of users' aesthetic vectors (:meth:`taste_model`); needs a
         time on every event, so the default is none (any log works); the study in
@@ -830,7 +892,7 @@ class AestheticMatcher:
     """
 
     def __init__(self, block_weights: Mapping[str, float] | None = None, center: bool = True,
-                 factory: str = "Flat", mix_k: int = 3, temperature: float = 0.05,
+                 factory: str = "Flat", mix_k: int = 5, temperature: float = 0.01,
                  half_life_days: float | None = None, standardise_palette: bool = False,
                  hubness: str | None = "balanced", hub_k: int = 10,
                  hub_temperature: float = 0.01, max_share: float = 2.0,
@@ -959,48 +1021,12 @@ class AestheticMatcher:
             return 1.0 / std, -mean / std
         return np.ones(n_styles), -(peak + t * np.log(mass / n))
 
-    @staticmethod
-    def _demand(cos: np.ndarray, prices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Which references each user may take at ``prices`` (``[n, n_styles]``: within
-        :data:`_PRICE_TIE` of their best net score, since a float32 index may pick any of
-        them) and each net score's margin over the user's best elsewhere."""
-        net = cos - prices
-        rows = np.arange(len(net))
-        top = net.argmax(1)
-        first = net[rows, top]
-        net[rows, top] = -np.inf
-        second = net.max(1)
-        net[rows, top] = first
-        near = net >= first[:, None] - _PRICE_TIE
-        best_elsewhere = np.where(np.arange(net.shape[1]) == top[:, None], second[:, None],
-                                  first[:, None])
-        return near, net - best_elsewhere
-
     def _clearing_prices(self, population: np.ndarray, chunk: int) -> np.ndarray:
-        """Per-reference prices under which no reference is the best of more than its cap of
-        the population (``"balanced"``, see the class docstring). Every round needs all the
-        cosines: they are held in memory (``n_users x n_styles``)."""
-        n, n_styles = len(population), len(self.style_vectors_)
-        cap = max(math.ceil(n / n_styles), math.floor(self.max_share * n / n_styles))
+        """:func:`capacity_prices` of the population's cosines to the references (every round
+        needs all of them: they are held in memory, ``n_users x n_styles``)."""
         cos = np.concatenate([population[start:start + chunk] @ self.style_vectors_.T
-                              for start in range(0, n, chunk)]).astype(np.float64)
-        prices = np.zeros(n_styles)
-        for rounds in range(_MAX_PRICE_ROUNDS + 1):
-            near, margin = self._demand(cos, prices)
-            counts = near.sum(0)
-            over = np.flatnonzero(counts > cap)
-            if not len(over) or rounds == _MAX_PRICE_ROUNDS:
-                break
-            for s in over:  # the (cap+1)-th largest margin at s: it and those below leave
-                prices[s] += -np.partition(-margin[near[:, s], s], cap)[cap] + _PRICE_STEP
-        if len(over):
-            log.warning("balanced hubness: after %d rounds %s still over the cap of %d users "
-                        "(identical users, for one, cannot be split by a price)", rounds,
-                        {self.style_ids_[s]: int(counts[s]) for s in over}, cap)
-        log.info("balanced hubness: %d rounds, %d of %d references priced (highest %.4f), "
-                 "cap %d of %d users, largest share %d", rounds, int((prices > 0).sum()),
-                 n_styles, prices.max(), cap, n, counts.max())
-        return prices
+                              for start in range(0, len(population), chunk)])
+        return capacity_prices(cos, self.max_share, self.style_ids_)
 
     def taste_model(self) -> TasteModel:
         """The unfitted :class:`~recsys.taste.TasteModel` that turns what users engaged with

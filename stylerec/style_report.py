@@ -19,8 +19,9 @@ Examples
 >>> _matcher_params(parser.parse_args(["style-report", "--hubness", "balanced",
 ...                                    "--max-share", "1.5"]))
 {'hubness': 'balanced', 'max_share': 1.5}
->>> _matcher_params(parser.parse_args(["style-report", "--palette", "coverage"]))
-{'palette': 'coverage'}
+>>> _matcher_params(parser.parse_args(["style-report", "--palette", "coverage",
+...                                    "--mix-k", "3", "--temperature", "0.05"]))
+{'palette': 'coverage', 'mix_k': 3, 'temperature': 0.05}
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ def add_style_report_parser(subparsers: argparse._SubParsersAction) -> argparse.
     p.add_argument("--max-centroids", type=int,
                    help="aesthetic vectors per shopper (1: the weighted mean)")
     p.add_argument("--items-per-centroid", type=int)
+    p.add_argument("--mix-k", type=int, help="references mixed into a personal style")
+    p.add_argument("--temperature", type=float,
+                   help="softmax temperature of the personal mix's weights")
     p.add_argument("--clip-model", help="open_clip model name of the optional clip block")
     p.add_argument("--clip-checkpoint", type=Path,
                    help="local weights file of --clip-model (adds text-anchor aesthetics; "
@@ -138,7 +142,8 @@ def _matcher_params(args: argparse.Namespace) -> dict[str, Any]:
     """The matcher options given on the command line (the others keep their defaults)."""
     given = {name: getattr(args, name) for name in ("hubness", "hub_k", "hub_temperature",
                                                     "max_share", "max_centroids",
-                                                    "items_per_centroid", "palette")}
+                                                    "items_per_centroid", "palette",
+                                                    "mix_k", "temperature")}
     params = {k: v for k, v in given.items() if v is not None}
     if params.get("hubness") == "none":
         params["hubness"] = None
@@ -253,6 +258,27 @@ def _summary(result: dict) -> str:
         lines.append(f"behaviour: {b['matched_share']:.4f} of later purchases near the matched "
                      f"style vs {b['random_share']:.4f} near a random one, lift {b['lift']:.2f} "
                      f"[{b['lift_ci_low']:.2f}, {b['lift_ci_high']:.2f}] over {b['users']}")
+    if "ceiling" in result:
+        lines.append(_ceiling_summary(result["ceiling"]))
+    return "\n".join(lines)
+
+
+def _ceiling_summary(ceiling: dict) -> str:
+    """What the label judge reaches as the matcher (judge_ceiling), a line per variant."""
+    lines = [f"ceiling: the label judge as the matcher ({ceiling['users']} shoppers with labels)"]
+    for name, label in (("plain", "nearest"), ("capped", f"capped at {ceiling['max_share']}x")):
+        c = ceiling[name]
+        s, d = c["stability"], c["discrimination"]
+        line = (f"  {label}: colour {c['label_percentile']:.3f}, stability {s['ratio']:.2f}x "
+                f"[{s['ratio_ci_low']:.2f}, {s['ratio_ci_high']:.2f}], entropy "
+                f"{d['normalised_entropy']:.3f}, top {d['max_share_over_fair']:.2f}x")
+        if "behaviour" in c:
+            b = c["behaviour"]
+            line += f", lift {b['lift']:.2f} [{b['lift_ci_low']:.2f}, {b['lift_ci_high']:.2f}]"
+        lines.append(line)
+    m = ceiling["colour_mode"]
+    lines.append(f"  a shopper's most frequent colour, older vs newer half: {m['ratio']:.2f}x "
+                 f"chance [{m['ratio_ci_low']:.2f}, {m['ratio_ci_high']:.2f}]")
     return "\n".join(lines)
 
 

@@ -12,8 +12,11 @@ import torch
 from PIL import Image
 
 from evaluation.style_fit import (
+    Judges,
     behaviour_lift,
     discrimination,
+    judge_ceiling,
+    label_lab,
     palette_distance,
     percentiles,
     split_halves,
@@ -25,6 +28,7 @@ from recsys.aesthetic import (
     AestheticMatcher,
     AestheticSpace,
     StyleLibrary,
+    capacity_prices,
     dominant_colours,
     nearest_colour_similarity,
     palette_histogram,
@@ -422,6 +426,7 @@ def test_balanced_prices_clear_the_cap_with_hand_computed_rounds():
     # u6 moves to b (.35 > .4 - .0501). Round 3: 2 + 2 + 2, nothing over the cap.
     matcher = _balanced(users, 1.2)
     assert -matcher.hub_offset_ == pytest.approx([0.3001, 0.0501, 0.0], abs=1e-6)
+    assert capacity_prices(users, 1.2) == pytest.approx([0.3001, 0.0501, 0.0], abs=1e-6)
     assert np.all(matcher.hub_scale_ == 1)
     ids, scores = matcher.match(users, 1)
     assert ids[:, 0].tolist() == ["h", "h", "b", "a", "a", "b"]
@@ -655,6 +660,29 @@ def test_stability_against_chance_and_behaviour_lift():
     assert lift["lift"] == pytest.approx(2.0)
 
 
+def test_judge_ceiling_matches_by_the_labels_plainly_and_under_the_cap():
+    red, blue = label_lab(["Red"]), label_lab(["Blue"])
+    judges = Judges([red, blue], {"r1": red[0], "r2": red[0], "r3": red[0], "b1": blue[0],
+                                  "rf": red[0], "bf": blue[0]}, {})
+    histories = {"u1": ["r1", "r2"], "u2": ["b1"], "u3": ["r1"], "u4": ["r3", "x"]}
+    older, newer = {"u1": ["r1"], "u2": ["b1"]}, {"u1": ["r2"], "u2": ["b1"]}
+    near = [{"rf"}, {"bf"}]
+    got = judge_ceiling(histories, older, newer, judges, ["red", "blue"], 1.1,
+                        future={"u1": ["rf"], "u2": ["rf"]}, near=near)
+    plain, capped = got["plain"], got["capped"]
+    assert got["users"] == 4 and plain["label_percentile"] == 0.0
+    # both halves agree for both shoppers; chance .5 · .5 + .5 · .5
+    assert (plain["stability"]["agreement"], plain["stability"]["ratio"]) == (1.0, 2.0)
+    assert plain["discrimination"]["max_share_over_fair"] == pytest.approx(1.5)  # 3 of 4 red
+    # u1 takes red: share 1 vs random .5; u2 takes blue and bought red: 0 vs .5
+    assert plain["behaviour"]["lift"] == pytest.approx(1.0)
+    # cap max(ceil(4/2), floor(1.1 · 2)) = 2: one of the three identical red shoppers
+    # (the jitter decides which) moves to blue, at percentile 1 of 2 references
+    assert capped["label_percentile"] == pytest.approx(0.25)
+    assert capped["discrimination"]["max_share_over_fair"] == pytest.approx(1.0)
+    assert got["colour_mode"]["ratio"] == pytest.approx(2.0)
+
+
 def test_split_halves_never_cuts_a_day():
     frame = pd.DataFrame({
         "unit": ["u"] * 5 + ["v"],
@@ -852,6 +880,10 @@ def test_style_fit_study_end_to_end_on_two_colours(tmp_path):
     assert result["discrimination"]["max_share_over_fair"] == pytest.approx(1.0)
     # both halves of every history match the same colour: agreement 1, chance 1/2
     assert (result["stability"]["agreement"], result["stability"]["ratio"]) == (1.0, 2.0)
+    # the label judge as the matcher reaches the same on these shoppers
+    for ceiling in (result["ceiling"]["plain"], result["ceiling"]["capped"]):
+        assert ceiling["label_percentile"] == 0.0 and ceiling["stability"]["ratio"] == 2.0
+    assert result["ceiling"]["colour_mode"]["ratio"] == 2.0
 
 
 def test_the_clip_block_is_configured_through_the_spec(colour_shop, tiny_clip, tmp_path):
