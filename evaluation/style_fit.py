@@ -30,17 +30,8 @@ behaviour (H&M)
     palette by the label judge) against the average over all references (a
     random style): the lift, with a bootstrap interval over shoppers.
 
-A ceiling (:func:`judge_ceiling`): the same checks with the label judge as the
-matcher. Stability and lift are judged on colour; a matcher that knew the labels
-reaches only what the shoppers' colours allow.
-
-Examples
---------
->>> lab = np.array([[50.0, 0.0, 0.0], [50.0, 40.0, 0.0]])
->>> round(palette_distance(lab[:1], np.array([1.0]), lab), 3)
-0.0
->>> percentiles(np.array([[3.0, 1.0, 2.0]]), np.array([2]))
-array([0.5])
+A reference point (:func:`judge_as_matcher`): the same checks with the label judge as
+the matcher, i.e. what matching on the colour labels alone reaches on these shoppers.
 """
 
 from __future__ import annotations
@@ -332,13 +323,14 @@ def _label_rows(histories: dict[str, list[str]], judges: Judges
     return users, np.reshape(rows, (len(rows), len(judges.style_palettes)))
 
 
-def judge_ceiling(histories: dict[str, list[str]], older: dict[str, list[str]],
+def judge_as_matcher(histories: dict[str, list[str]], older: dict[str, list[str]],
                   newer: dict[str, list[str]], judges: Judges, names: Sequence[str],
                   max_share: float, future: dict[str, list[str]] | None = None,
                   near: list[set[str]] | None = None, seed: int = 0) -> dict[str, Any]:
-    """The checks with the label judge as the matcher: what a matcher that knew every
-    shopper's colour labels would reach on these shoppers (a ceiling for any
-    colour-faithful matcher, since stability and lift are judged on the same labels).
+    """The checks with the label judge as the matcher: what matching on the shoppers'
+    colour labels alone reaches on these shoppers. A reference point, not a bound: a
+    matcher seeing the pixels knows more than the labels (shades, several colours per
+    item), so it can be more stable; the lift is judged on the labels themselves.
 
     Each shopper takes the reference of least label-judge distance, plainly
     (``"plain"``) and under capacity prices at ``max_share``

@@ -1,7 +1,7 @@
 """The style-fit study: match shoppers to a style library and run the four checks of
 :mod:`evaluation.style_fit` on a purchase log, next to the same checks with the label
-judge itself as the matcher (:func:`~evaluation.style_fit.judge_ceiling`: what knowing
-every shopper's colour labels would reach on these shoppers).
+judge itself as the matcher (:func:`~evaluation.style_fit.judge_as_matcher`: what
+matching on the shoppers' colour labels alone reaches).
 
 Two designs:
 
@@ -42,7 +42,7 @@ from evaluation.style_fit import (
     behaviour_lift,
     colour_agreement,
     discrimination,
-    judge_ceiling,
+    judge_as_matcher,
     match_histories,
     mix_stability,
     near_sets,
@@ -206,7 +206,7 @@ def style_fit_study(
     if windows:
         near = near_sets(judges, articles["article_id"].astype(str).tolist(), near_fraction)
         result["behaviour"] = behaviour_lift(future, matches.nearest, near)
-    result["ceiling"] = judge_ceiling(
+    result["judge_as_matcher"] = judge_as_matcher(
         {u: histories[u] for u in matches.nearest},
         *({u: sorted(set(g)) for u, g in part.groupby("unit")["article_id"]}
           for part in (older, newer)),

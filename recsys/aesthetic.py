@@ -93,7 +93,7 @@ log = logging.getLogger(__name__)
 
 BLOCKS = ("palette", "texture", "style")
 CLIP_BLOCK = "clip"  # the optional fourth block: OpenCLIP text-anchor similarities
-FORMAT_VERSION = 3  # 3: round 5's defaults (format 2 files keep rounds 2-4's)
+FORMAT_VERSION = 4  # 4: palette_power (older: 1); 3: round 5's defaults; 2: rounds 2-4's
 _L_BINS, _AB_BINS, _AB_RANGE = 5, 7, 60.0
 _TEXTURE_CHANNELS = (32, 16, 24)  # stem, block 0 (stage 1), block 2 (end of stage 2)
 _MASK_SIZE, _PALETTE_SIZE, _STYLE_SIZE = 96, 64, 128
@@ -486,6 +486,12 @@ class AestheticSpace:
         :meth:`transform`): ``sum_i p_u(i) v_s(i)``, minus the item's (shopper's) mean
         CIEDE2000 distance to the reference's nearest dominant colour, over 100 (each
         colour at its bin's centre). Graded, not capped at a presence.
+    palette_power : float
+        Items' palette histograms are raised to this power and renormalised before
+        anything else (a shopper's palette is the mean of their items'): a garment's
+        colour is its dominant one, and trims, prints, shading and a backdrop the mask
+        let through count less. 1: the histogram as measured. References' palettes are
+        left as they are. Needs ``standardise_palette=False``.
 
     Examples
     --------
@@ -499,11 +505,13 @@ class AestheticSpace:
     """
 
     def __init__(self, block_weights: Mapping[str, float] | None = None, center: bool = True,
-                 standardise_palette: bool = False, palette: str = "bhattacharyya"):
+                 standardise_palette: bool = False, palette: str = "bhattacharyya",
+                 palette_power: float = 1.0):
         self.block_weights = dict(block_weights) if block_weights else None
         self.center = center
         self.standardise_palette = standardise_palette
         self.palette = palette
+        self.palette_power = palette_power
 
     def _weights(self) -> dict[str, float]:
         weights = DEFAULT_BLOCK_WEIGHTS | (self.block_weights or {})
@@ -518,6 +526,9 @@ class AestheticSpace:
         if self.palette != "bhattacharyya" and self.standardise_palette:
             raise ValueError(f"palette={self.palette!r} compares histograms as they are: it "
                              "cannot be combined with standardise_palette")
+        if not self.palette_power > 0 or (self.standardise_palette and self.palette_power != 1):
+            raise ValueError(f"palette_power must be > 0, and 1 with standardise_palette, got "
+                             f"{self.palette_power}")
         return weights
 
     def fit(self, item_vectors: np.ndarray, style_vectors: np.ndarray) -> AestheticSpace:
@@ -553,6 +564,9 @@ class AestheticSpace:
         z = (np.asarray(vectors, np.float64) - self.means_[domain]) / self.scale_
         weights = self._weights()
         parts = AestheticEncoder.split(z)
+        if domain == "items" and self.palette_power != 1:
+            hist = parts["palette"] ** (2 * self.palette_power)  # the block is sqrt(hist)
+            parts["palette"] = np.sqrt(hist / np.maximum(hist.sum(1, keepdims=True), 1e-300))
         total = sum(weights[name] for name in parts)
         out = [math.sqrt(weights[name] / total) * _unit(parts[name]) for name in parts]
         if self.palette != "bhattacharyya":
@@ -578,8 +592,9 @@ class AestheticSpace:
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], block_weights: Mapping[str, float]
                     | None, center: bool, standardise_palette: bool,
-                    palette: str = "bhattacharyya") -> AestheticSpace:
-        space = cls(block_weights, center, standardise_palette, palette)
+                    palette: str = "bhattacharyya", palette_power: float = 1.0
+                    ) -> AestheticSpace:
+        space = cls(block_weights, center, standardise_palette, palette, palette_power)
         space.means_ = {"items": arrays["mean_items"], "styles": arrays["mean_styles"]}
         space.scale_ = arrays["scale"]
         return space
@@ -739,7 +754,7 @@ def capacity_prices(scores: np.ndarray, max_share: float,
     raises every over-subscribed column's price by its ``(cap + 1)``-th largest margin
     plus :data:`_PRICE_STEP`. ``names`` label the columns in the warning given if the
     rounds run out. Any scores work: the matcher's similarities, or a judge's minus
-    distances (``scripts/style_ceiling.py``).
+    distances (:func:`evaluation.style_fit.judge_as_matcher`).
 
     Examples
     --------
@@ -823,6 +838,11 @@ class AestheticMatcher:
         :data:`DOMINANT_COLOURS` k-means colours (computed at :meth:`fit` from
         ``library``'s images, seed 0). The default, nearest-colour, was chosen on the
         demo shoppers (``docs/aesthetic.md``, round 5).
+    palette_power : float
+        Power of the items' palette histograms before they are averaged
+        (:class:`AestheticSpace`): a garment counts by its dominant colour. The default
+        6 was chosen on the demo shoppers (``docs/aesthetic.md``, round 6); 1 is the
+        histogram as measured (matchers saved before it load with 1).
     factory : str
         FAISS ``index_factory`` string (exact ``"Flat"`` by default; ``"HNSW32"`` for
         thousands of references).
@@ -897,10 +917,11 @@ class AestheticMatcher:
                  hubness: str | None = "balanced", hub_k: int = 10,
                  hub_temperature: float = 0.01, max_share: float = 2.0,
                  max_centroids: int = 1, items_per_centroid: int = 4,
-                 palette: str = "nearest-colour") -> None:
+                 palette: str = "nearest-colour", palette_power: float = 6.0) -> None:
         self.block_weights = dict(block_weights) if block_weights else None
         self.standardise_palette = standardise_palette
         self.palette = palette
+        self.palette_power = palette_power
         self.half_life_days = half_life_days
         self.center = center
         self.factory = factory
@@ -955,7 +976,8 @@ class AestheticMatcher:
                              f"{len(library)}")
         self._check_params()
         self.space_ = AestheticSpace(self.block_weights, self.center, self.standardise_palette,
-                                     self.palette).fit(item_descriptors, style_descriptors)
+                                     self.palette, self.palette_power).fit(item_descriptors,
+                                                                           style_descriptors)
         self.style_colours_ = (dominant_colours(library.paths)
                                if self.palette == "nearest-colour" else None)
         self.style_ids_ = library.ids
@@ -1135,7 +1157,8 @@ class AestheticMatcher:
 
     @classmethod
     def load(cls, path: str | Path) -> AestheticMatcher:
-        """A matcher written by :meth:`save` (format 3; rounds 2-4's format 2: where its
+        """A matcher written by :meth:`save` (format 4; format 3 and older: palette power 1;
+        rounds 2-4's format 2: where its
         weights were the defaults, palette 4, texture 0.5, style 0.5, clip 0.5, and the
         Bhattacharyya palette where none was saved; round 1's format 1: no hubness
         correction, and palette weight 2 where its weights were the defaults)."""
@@ -1153,11 +1176,14 @@ class AestheticMatcher:
             meta["params"] = {"palette": "bhattacharyya"} | meta["params"]
             meta["params"]["block_weights"] = (meta["params"]["block_weights"] or {
                 "palette": 4.0, "texture": 0.5, "style": 0.5, CLIP_BLOCK: 0.5})
+        if meta["format"] < 4:
+            meta["params"] = {"palette_power": 1.0} | meta["params"]
         self = cls(**meta["params"])
         self.index_ = StyleIndex.load(path)
         with np.load(path / "arrays.npz", allow_pickle=False) as z:
             self.space_ = AestheticSpace.from_arrays(z, self.block_weights, self.center,
-                                                     self.standardise_palette, self.palette)
+                                                     self.standardise_palette, self.palette,
+                                                     self.palette_power)
             self.style_vectors_ = (z["style_vectors"] if "style_vectors" in z else
                                    self.index_.index_.reconstruct_n(0, self.index_.index_.ntotal))
             self.magenta_ = z["magenta"] if "magenta" in z else None

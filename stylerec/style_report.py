@@ -77,6 +77,9 @@ def add_style_report_parser(subparsers: argparse._SubParsersAction) -> argparse.
                         "shopper's colours the reference contains, or minus their mean "
                         "CIEDE2000 distance to the reference's nearest k-means colour "
                         "(default: the matcher's)")
+    p.add_argument("--palette-power", type=float,
+                   help="power of the items' palette histograms (1: as measured; default: the "
+                        "matcher's)")
     p.add_argument("--max-centroids", type=int,
                    help="aesthetic vectors per shopper (1: the weighted mean)")
     p.add_argument("--items-per-centroid", type=int)
@@ -143,6 +146,7 @@ def _matcher_params(args: argparse.Namespace) -> dict[str, Any]:
     given = {name: getattr(args, name) for name in ("hubness", "hub_k", "hub_temperature",
                                                     "max_share", "max_centroids",
                                                     "items_per_centroid", "palette",
+                                                    "palette_power",
                                                     "mix_k", "temperature")}
     params = {k: v for k, v in given.items() if v is not None}
     if params.get("hubness") == "none":
@@ -233,7 +237,7 @@ def _save(image: Any, path: Path) -> None:
 def _summary(result: dict) -> str:
     matcher = result["params"]["matcher"]
     lines = [f"matcher: block weights {result['params']['block_weights']}, palette "
-             f"{matcher['palette']}, hubness "
+             f"{matcher['palette']} (power {matcher.get('palette_power', 1.0)}), hubness "
              f"{matcher['hubness']} (k {matcher['hub_k']}, temperature "
              f"{matcher['hub_temperature']}, max share {matcher['max_share']}), "
              f"{matcher['max_centroids']} centroid(s) per shopper"]
@@ -258,16 +262,17 @@ def _summary(result: dict) -> str:
         lines.append(f"behaviour: {b['matched_share']:.4f} of later purchases near the matched "
                      f"style vs {b['random_share']:.4f} near a random one, lift {b['lift']:.2f} "
                      f"[{b['lift_ci_low']:.2f}, {b['lift_ci_high']:.2f}] over {b['users']}")
-    if "ceiling" in result:
-        lines.append(_ceiling_summary(result["ceiling"]))
+    if "judge_as_matcher" in result:
+        lines.append(_judge_summary(result["judge_as_matcher"]))
     return "\n".join(lines)
 
 
-def _ceiling_summary(ceiling: dict) -> str:
-    """What the label judge reaches as the matcher (judge_ceiling), a line per variant."""
-    lines = [f"ceiling: the label judge as the matcher ({ceiling['users']} shoppers with labels)"]
-    for name, label in (("plain", "nearest"), ("capped", f"capped at {ceiling['max_share']}x")):
-        c = ceiling[name]
+def _judge_summary(judge: dict) -> str:
+    """What the label judge reaches as the matcher (judge_as_matcher), a line per variant."""
+    lines = [f"the label judge as the matcher, for reference ({judge['users']} shoppers "
+             "with labels)"]
+    for name, label in (("plain", "nearest"), ("capped", f"capped at {judge['max_share']}x")):
+        c = judge[name]
         s, d = c["stability"], c["discrimination"]
         line = (f"  {label}: colour {c['label_percentile']:.3f}, stability {s['ratio']:.2f}x "
                 f"[{s['ratio_ci_low']:.2f}, {s['ratio_ci_high']:.2f}], entropy "
@@ -276,7 +281,7 @@ def _ceiling_summary(ceiling: dict) -> str:
             b = c["behaviour"]
             line += f", lift {b['lift']:.2f} [{b['lift_ci_low']:.2f}, {b['lift_ci_high']:.2f}]"
         lines.append(line)
-    m = ceiling["colour_mode"]
+    m = judge["colour_mode"]
     lines.append(f"  a shopper's most frequent colour, older vs newer half: {m['ratio']:.2f}x "
                  f"chance [{m['ratio_ci_low']:.2f}, {m['ratio_ci_high']:.2f}]")
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from evaluation.style_fit import (
     Judges,
     behaviour_lift,
     discrimination,
-    judge_ceiling,
+    judge_as_matcher,
     label_lab,
     palette_distance,
     percentiles,
@@ -237,6 +237,25 @@ def test_nearest_colour_transform_scores_minus_the_mean_distance():
         space.transform(styles, "styles")
     with pytest.raises(ValueError, match="standardise_palette"):
         AestheticSpace(palette="nearest-colour", standardise_palette=True).fit(items, styles)
+
+
+def test_palette_power_sharpens_items_towards_their_dominant_colour():
+    items = _descriptors({BLACK: 0.75, WHITE: 0.25}, {GREY: 1.0})
+    styles = _descriptors({BLACK: 0.5, WHITE: 0.5}, {GREY: 1.0})
+    colours = np.array([[[10.0, 0, 0], [90.0, 0, 0]], [[50.0, 0, 0], [50.0, 0, 0]]])
+    weights = {"palette": 1, "texture": 0, "style": 0}
+    plain = AestheticSpace(weights, palette="nearest-colour").fit(items, styles)
+    sharp = AestheticSpace(weights, palette="nearest-colour", palette_power=2).fit(items, styles)
+    # 3:1 black to white becomes 9:1; references and other items' single colour unchanged
+    assert plain.transform(items, "items")[0, [BLACK, WHITE]] == pytest.approx([.75, .25])
+    assert sharp.transform(items, "items")[0, [BLACK, WHITE]] == pytest.approx([.9, .1])
+    assert sharp.transform(items, "items")[1, GREY] == pytest.approx(1.0)
+    assert np.array_equal(sharp.transform(styles, "styles", colours),
+                          plain.transform(styles, "styles", colours))
+    with pytest.raises(ValueError, match="palette_power"):
+        AestheticSpace(palette_power=0).fit(items, styles)
+    with pytest.raises(ValueError, match="palette_power"):
+        AestheticSpace(standardise_palette=True, palette_power=2).fit(items, styles)
 
 
 STRIPES = {"both": [(0, 0, 0), (255, 255, 255), (200, 30, 30), (30, 160, 60), (40, 60, 200)],
@@ -543,7 +562,8 @@ def test_a_round_one_matcher_still_loads(tmp_path):
     rng = np.random.default_rng(4)
     styles, items = rng.normal(size=(4, DIM)), rng.normal(size=(30, DIM))
     old = AestheticMatcher({"palette": 2.0, "texture": 0.5, "style": 0.5}, hubness=None,
-                           palette="bhattacharyya").fit(library, styles, items)
+                           palette="bhattacharyya", palette_power=1.0).fit(library, styles,
+                                                                           items)
     folder = old.save(tmp_path / "matcher")
     meta = json.loads((folder / "matcher.json").read_text())
     v1 = {"format": 1, **meta.pop("params"), "style_paths": meta["style_paths"],
@@ -571,15 +591,16 @@ def test_a_round_four_matcher_loads_with_its_defaults(tmp_path):
     rng = np.random.default_rng(5)
     styles, items = rng.normal(size=(4, DIM)), rng.normal(size=(30, DIM))
     old = AestheticMatcher({"palette": 4.0, "texture": 0.5, "style": 0.5},
-                           hubness="isoftmax", palette="bhattacharyya").fit(library, styles,
-                                                                            items)
+                           hubness="isoftmax", palette="bhattacharyya",
+                           palette_power=1.0).fit(library, styles, items)
     folder = old.save(tmp_path / "matcher")
     meta = json.loads((folder / "matcher.json").read_text())
     meta["format"], meta["params"]["block_weights"] = 2, None
-    del meta["params"]["palette"]
+    del meta["params"]["palette"], meta["params"]["palette_power"]
     (folder / "matcher.json").write_text(json.dumps(meta))
     loaded = AestheticMatcher.load(folder)
     assert loaded.palette == "bhattacharyya" and loaded.block_weights["texture"] == 0.5
+    assert loaded.palette_power == 1.0  # format 2 and 3 files predate the power
     users = old.item_vectors(items[:6])
     assert np.array_equal(loaded.item_vectors(items[:6]), users)
     for a, b in zip(loaded.match(users, 4), old.match(users, 4), strict=True):
@@ -660,14 +681,14 @@ def test_stability_against_chance_and_behaviour_lift():
     assert lift["lift"] == pytest.approx(2.0)
 
 
-def test_judge_ceiling_matches_by_the_labels_plainly_and_under_the_cap():
+def test_judge_as_matcher_matches_by_the_labels_plainly_and_under_the_cap():
     red, blue = label_lab(["Red"]), label_lab(["Blue"])
     judges = Judges([red, blue], {"r1": red[0], "r2": red[0], "r3": red[0], "b1": blue[0],
                                   "rf": red[0], "bf": blue[0]}, {})
     histories = {"u1": ["r1", "r2"], "u2": ["b1"], "u3": ["r1"], "u4": ["r3", "x"]}
     older, newer = {"u1": ["r1"], "u2": ["b1"]}, {"u1": ["r2"], "u2": ["b1"]}
     near = [{"rf"}, {"bf"}]
-    got = judge_ceiling(histories, older, newer, judges, ["red", "blue"], 1.1,
+    got = judge_as_matcher(histories, older, newer, judges, ["red", "blue"], 1.1,
                         future={"u1": ["rf"], "u2": ["rf"]}, near=near)
     plain, capped = got["plain"], got["capped"]
     assert got["users"] == 4 and plain["label_percentile"] == 0.0
@@ -881,9 +902,9 @@ def test_style_fit_study_end_to_end_on_two_colours(tmp_path):
     # both halves of every history match the same colour: agreement 1, chance 1/2
     assert (result["stability"]["agreement"], result["stability"]["ratio"]) == (1.0, 2.0)
     # the label judge as the matcher reaches the same on these shoppers
-    for ceiling in (result["ceiling"]["plain"], result["ceiling"]["capped"]):
-        assert ceiling["label_percentile"] == 0.0 and ceiling["stability"]["ratio"] == 2.0
-    assert result["ceiling"]["colour_mode"]["ratio"] == 2.0
+    for judge in (result["judge_as_matcher"]["plain"], result["judge_as_matcher"]["capped"]):
+        assert judge["label_percentile"] == 0.0 and judge["stability"]["ratio"] == 2.0
+    assert result["judge_as_matcher"]["colour_mode"]["ratio"] == 2.0
 
 
 def test_the_clip_block_is_configured_through_the_spec(colour_shop, tiny_clip, tmp_path):
