@@ -32,6 +32,14 @@ behaviour (H&M)
 
 A reference point (:func:`judge_as_matcher`): the same checks with the label judge as
 the matcher, i.e. what matching on the colour labels alone reaches on these shoppers.
+
+Examples
+--------
+>>> lab = np.array([[50.0, 0.0, 0.0], [50.0, 40.0, 0.0]])
+>>> round(palette_distance(lab[:1], np.array([1.0]), lab), 3)
+0.0
+>>> percentiles(np.array([[3.0, 1.0, 2.0]]), np.array([2]))
+array([0.5])
 """
 
 from __future__ import annotations
@@ -324,9 +332,9 @@ def _label_rows(histories: dict[str, list[str]], judges: Judges
 
 
 def judge_as_matcher(histories: dict[str, list[str]], older: dict[str, list[str]],
-                  newer: dict[str, list[str]], judges: Judges, names: Sequence[str],
-                  max_share: float, future: dict[str, list[str]] | None = None,
-                  near: list[set[str]] | None = None, seed: int = 0) -> dict[str, Any]:
+                     newer: dict[str, list[str]], judges: Judges, names: Sequence[str],
+                     max_share: float, future: dict[str, list[str]] | None = None,
+                     near: list[set[str]] | None = None, seed: int = 0) -> dict[str, Any]:
     """The checks with the label judge as the matcher: what matching on the shoppers'
     colour labels alone reaches on these shoppers. A reference point, not a bound: a
     matcher seeing the pixels knows more than the labels (shades, several colours per

@@ -761,9 +761,9 @@ def capacity_prices(scores: np.ndarray, max_share: float,
     >>> capacity_prices(np.array([[1.0, 0.0], [0.9, 0.5], [0.8, 0.7]]), 1.5)  # cap 2: one leaves
     array([0.1001, 0.    ])
     """
+    scores = np.asarray(scores, np.float64)
     n, n_styles = scores.shape
     cap = max(math.ceil(n / n_styles), math.floor(max_share * n / n_styles))
-    scores = np.asarray(scores, np.float64)
     prices = np.zeros(n_styles)
     for rounds in range(_MAX_PRICE_ROUNDS + 1):
         near, margin = _demand(scores, prices)
