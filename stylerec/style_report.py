@@ -109,11 +109,13 @@ def run_style_report(args: argparse.Namespace) -> int:
     import pandas as pd
     import torch
 
+    from evaluation.report import environment, file_fingerprint
     from evaluation.style_study import style_fit_study
     from ground.files import write_bytes_atomic
     from recsys.aesthetic import StyleLibrary
 
     torch.set_num_threads(args.threads)
+    env = environment()  # before fitting: the code that runs, not what is on disk later
     transactions = pd.read_csv(args.transactions, dtype={"article_id": str, "customer_id": str})
     articles = pd.read_csv(args.articles, dtype={"article_id": str})
     library = StyleLibrary.from_folder(args.styles, args.exclude_licence or None)
@@ -126,7 +128,10 @@ def run_style_report(args: argparse.Namespace) -> int:
         encoder_params={"clip_model": args.clip_model, "clip_checkpoint": args.clip_checkpoint}
         if args.clip_checkpoint else None)
     result["params"].update({"transactions": str(args.transactions), "images": str(args.images),
-                             "styles": str(args.styles), "seed": args.seed})
+                             "styles": str(args.styles), "seed": args.seed,
+                             "data": [file_fingerprint(p) for p in (args.transactions,
+                                                                    args.articles)]})
+    result["environment"] = env
     args.out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     units = result["units"]

@@ -869,11 +869,9 @@ def test_clip_text_anchors_are_an_optional_fourth_block(tiny_clip, tmp_path, enc
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # flat styles
-def test_style_fit_study_end_to_end_on_two_colours(tmp_path):
-    """Red shoppers and blue shoppers, a red and a blue reference: every check has a known
-    answer when the matcher works (and the hubness correction is learned on the shoppers)."""
-    from evaluation.style_study import style_fit_study
-
+def _two_colour_shop(tmp_path):
+    """Red shoppers and blue shoppers (3 each, 4 days), their photos, and a red and a blue
+    reference: the transactions and articles."""
     colours = {"Red": (200, 30, 30), "Dark Blue": (25, 35, 80)}
     (tmp_path / "images").mkdir()
     (tmp_path / "styles").mkdir()
@@ -887,10 +885,18 @@ def test_style_fit_study_end_to_end_on_two_colours(tmp_path):
         Image.new("RGB", (64, 64), rgb).save(tmp_path / "styles" / f"s{c}.png")
         for u in range(3):
             rows += [(f"2020-01-0{j + 1}", f"{name}-{u}", f"0{c}{j}") for j in range(4)]
-    transactions = pd.DataFrame(rows, columns=["t_dat", "customer_id", "article_id"])
-    result = style_fit_study(
-        transactions, pd.DataFrame(articles, columns=["article_id", "colour_group_name"]),
-        tmp_path / "images", StyleLibrary.from_folder(tmp_path / "styles"), tmp_path / "cache")
+    return (pd.DataFrame(rows, columns=["t_dat", "customer_id", "article_id"]),
+            pd.DataFrame(articles, columns=["article_id", "colour_group_name"]))
+
+
+def test_style_fit_study_end_to_end_on_two_colours(tmp_path):
+    """Every check has a known answer on the two-colour shop when the matcher works (and
+    the hubness correction is learned on the shoppers)."""
+    from evaluation.style_study import style_fit_study
+
+    transactions, articles = _two_colour_shop(tmp_path)
+    result = style_fit_study(transactions, articles, tmp_path / "images",
+                             StyleLibrary.from_folder(tmp_path / "styles"), tmp_path / "cache")
     assert result["params"]["matcher"]["hubness"] == "balanced"
     assert result["params"]["matcher"]["palette"] == "nearest-colour"
     assert {u["unit"][:-2]: u["style"] for u in result["units"]} == {"Red": "s0",
@@ -905,6 +911,32 @@ def test_style_fit_study_end_to_end_on_two_colours(tmp_path):
     for judge in (result["judge_as_matcher"]["plain"], result["judge_as_matcher"]["capped"]):
         assert judge["label_percentile"] == 0.0 and judge["stability"]["ratio"] == 2.0
     assert result["judge_as_matcher"]["colour_mode"]["ratio"] == 2.0
+
+
+def test_style_report_command_writes_the_page_and_a_record_of_what_made_it(tmp_path, capsys):
+    import json
+
+    from stylerec.cli import main
+
+    transactions, articles = _two_colour_shop(tmp_path)
+    transactions.to_csv(tmp_path / "t.csv", index=False)
+    articles.to_csv(tmp_path / "a.csv", index=False)
+    out = tmp_path / "report"
+    assert main(["style-report", "--transactions", str(tmp_path / "t.csv"), "--articles",
+                 str(tmp_path / "a.csv"), "--images", str(tmp_path / "images"), "--styles",
+                 str(tmp_path / "styles"), "--cache-dir", str(tmp_path / "cache"),
+                 "--render-items", "0", "--quality-pairs", "0", "--palette-power", "2",
+                 "--mix-k", "2", "--out", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["params"]["matcher"]["palette_power"] == 2.0
+    assert result["params"]["matcher"]["mix_k"] == 2
+    assert [d["path"] for d in result["params"]["data"]] == [str(tmp_path / "t.csv"),
+                                                              str(tmp_path / "a.csv")]
+    assert len(result["params"]["data"][0]["sha256"]) == 64
+    assert result["environment"]["versions"]["numpy"] == np.__version__
+    page = (out / "index.html").read_text()
+    assert "the label judge as the matcher" in page and "Red-0" in page
+    assert "colour agreement (labels): mean percentile 0.000" in capsys.readouterr().out
 
 
 def test_the_clip_block_is_configured_through_the_spec(colour_shop, tiny_clip, tmp_path):
