@@ -266,7 +266,8 @@ def _summary(result: dict) -> str:
         b = result["behaviour"]
         lines.append(f"behaviour: {b['matched_share']:.4f} of later purchases near the matched "
                      f"style vs {b['random_share']:.4f} near a random one, lift {b['lift']:.2f} "
-                     f"[{b['lift_ci_low']:.2f}, {b['lift_ci_high']:.2f}] over {b['users']}")
+                     f"[{b['lift_ci_low']:.3f}, {b['lift_ci_high']:.3f}] (one-sided 95% bound "
+                     f"{b['lift_one_sided_low']:.3f}) over {b['users']}")
     if "judge_as_matcher" in result:
         lines.append(_judge_summary(result["judge_as_matcher"]))
     return "\n".join(lines)

@@ -679,6 +679,13 @@ def test_stability_against_chance_and_behaviour_lift():
     assert lift["matched_share"] == pytest.approx(0.75)
     assert lift["random_share"] == pytest.approx(0.375)
     assert lift["lift"] == pytest.approx(2.0)
+    # every resample of these two shoppers gives 2, so do both bounds
+    assert lift["lift_ci_low"] == lift["lift_one_sided_low"] == pytest.approx(2.0)
+    rng = np.random.default_rng(0)
+    future = {f"u{i}": list(rng.choice(["x", "y", "z", "q"], 3)) for i in range(40)}
+    lift = behaviour_lift(future, {u: int(rng.integers(2)) for u in future}, near)
+    # the one-sided 95% bound (5th percentile) lies inside the two-sided interval
+    assert lift["lift_ci_low"] < lift["lift_one_sided_low"] < lift["lift"] < lift["lift_ci_high"]
 
 
 def test_judge_as_matcher_matches_by_the_labels_plainly_and_under_the_cap():
