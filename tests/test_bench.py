@@ -278,6 +278,31 @@ def test_search_rank_serve_stages_record_their_measurements(demo_dir, tmp_path):
     assert warm["params"]["renders"]["hits"] == (6 + 6) * 10  # 6 warm-up + 6 timed calls
 
 
+def test_style_stage_matches_against_a_synthetic_library(demo_dir, tmp_path):
+    from PIL import Image
+
+    from evaluation.bench_stages import synthetic_references
+
+    out = tmp_path / "bench"
+    assert main([*QUICK, "--stages", "style", "--scales", "1", "--data", str(demo_dir),
+                 "--max-users", "30", "--style-references", "12", "--out", str(out),
+                 "--no-plot"]) == 0
+    record = json.loads((out / "bench.json").read_text())
+    assert record["stages"][0]["status"] == "ok"
+    by_name = {m["name"]: m for m in record["measurements"] if m["stage"] == "style"}
+    assert set(by_name) == {"fit", "match", "match 1 user"}
+    params = by_name["match 1 user"]["params"]
+    assert (params["references"], params["population"]) == (12, 30)
+    assert params["matcher"]["hubness"] == "balanced"
+    assert by_name["match 1 user"]["target"]["metric"] == "p99_ms"
+    # the references are seeded colour bands, written once and the same on a second call
+    paths = synthetic_references(out / "data" / "style-references", 12, 0)
+    again = synthetic_references(tmp_path / "again", 12, 0)
+    for a, b in zip(paths, again, strict=True):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    assert 2 <= len(np.unique(np.asarray(Image.open(paths[0])).reshape(-1, 3), axis=0)) <= 6
+
+
 def test_encode_and_render_stages_split_decode_forward_and_cache_hits(demo_dir, tmp_path):
     out = tmp_path / "bench"
     code = main([*QUICK, "--stages", "encode,render", "--stylers", "color", "--data",
