@@ -290,7 +290,7 @@ def test_style_stage_matches_against_a_synthetic_library(demo_dir, tmp_path):
     record = json.loads((out / "bench.json").read_text())
     assert record["stages"][0]["status"] == "ok"
     by_name = {m["name"]: m for m in record["measurements"] if m["stage"] == "style"}
-    assert set(by_name) == {"fit", "match", "match 1 user"}
+    assert set(by_name) == {"fit, cold (reads the references)", "fit", "match", "match 1 user"}
     params = by_name["match 1 user"]["params"]
     assert (params["references"], params["population"]) == (12, 30)
     assert params["matcher"]["hubness"] == "balanced"
