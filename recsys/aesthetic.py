@@ -63,7 +63,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,7 @@ BLOCKS = ("palette", "texture", "style")
 CLIP_BLOCK = "clip"  # the optional fourth block: OpenCLIP text-anchor similarities
 FORMAT_VERSION = 4  # 4: palette_power (older: 1); 3: round 5's defaults; 2: rounds 2-4's
 _L_BINS, _AB_BINS, _AB_RANGE = 5, 7, 60.0
+_CHUNK = 16384  # rows per float64 block when fitting or transforming a catalog
 _TEXTURE_CHANNELS = (32, 16, 24)  # stem, block 0 (stage 1), block 2 (end of stage 2)
 _MASK_SIZE, _PALETTE_SIZE, _STYLE_SIZE = 96, 64, 128
 
@@ -532,14 +533,20 @@ class AestheticSpace:
         return weights
 
     def fit(self, item_vectors: np.ndarray, style_vectors: np.ndarray) -> AestheticSpace:
-        """Learn each domain's mean and the shared per-dimension scale."""
+        """Learn each domain's mean and the shared per-dimension scale (in float64, over
+        row chunks: a large catalog is never copied whole)."""
         self._weights()
-        items, styles = (np.asarray(v, np.float64) for v in (item_vectors, style_vectors))
-        self.means_ = {"items": items.mean(0), "styles": styles.mean(0)}
-        if not self.center:
-            self.means_ = {k: np.zeros_like(v) for k, v in self.means_.items()}
-        pooled = np.concatenate([items - self.means_["items"], styles - self.means_["styles"]])
-        self.scale_ = np.sqrt((pooled ** 2).mean(0)) + 1e-6
+        domains = {"items": item_vectors, "styles": style_vectors}
+
+        def total(vectors: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+            return sum(fn(np.asarray(vectors[i:i + _CHUNK], np.float64)).sum(0)
+                       for i in range(0, len(vectors), _CHUNK))
+
+        self.means_ = {k: (total(v, lambda x: x) / len(v) if self.center
+                           else np.zeros(v.shape[1])) for k, v in domains.items()}
+        squares = sum(total(v, lambda x, k=k: (x - self.means_[k]) ** 2)
+                      for k, v in domains.items())
+        self.scale_ = np.sqrt(squares / sum(len(v) for v in domains.values())) + 1e-6
         if not self.standardise_palette:
             size = AestheticEncoder.block_sizes["palette"]
             for mean in self.means_.values():
@@ -556,6 +563,10 @@ class AestheticSpace:
         references' dominant ``colours`` ``[n, k, 3]``, :func:`dominant_colours`)."""
         if domain not in ("items", "styles"):
             raise ValueError(f"domain must be 'items' or 'styles', got {domain!r}")
+        if len(vectors) > _CHUNK:  # float64 intermediates: a chunk at a time
+            return np.concatenate([self.transform(
+                vectors[i:i + _CHUNK], domain, None if colours is None else colours[i:i + _CHUNK])
+                for i in range(0, len(vectors), _CHUNK)])
         if self.palette == "nearest-colour" and domain == "styles" and (
                 colours is None or len(colours) != len(vectors)):
             raise ValueError("palette='nearest-colour' needs the dominant colours of each "

@@ -239,6 +239,24 @@ def test_nearest_colour_transform_scores_minus_the_mean_distance():
         AestheticSpace(palette="nearest-colour", standardise_palette=True).fit(items, styles)
 
 
+def test_space_fits_and_transforms_a_catalog_in_chunks_as_a_whole(monkeypatch):
+    import recsys.aesthetic as aesthetic
+
+    rng = np.random.default_rng(3)
+    items, styles = rng.random((50, DIM)), rng.random((10, DIM)) + 1.0
+    colours = rng.uniform(0, 80, (10, 5, 3))
+    whole = AestheticSpace(palette="nearest-colour").fit(items, styles)
+    monkeypatch.setattr(aesthetic, "_CHUNK", 8)  # 50 items in 7 chunks, 10 styles in 2
+    chunked = AestheticSpace(palette="nearest-colour").fit(items, styles)
+    assert chunked.scale_ == pytest.approx(whole.scale_, rel=1e-12)
+    for domain, extra in (("items", None), ("styles", colours)):
+        assert chunked.means_[domain] == pytest.approx(whole.means_[domain], rel=1e-12)
+        assert np.allclose(chunked.transform(items if domain == "items" else styles, domain,
+                                             extra),
+                           whole.transform(items if domain == "items" else styles, domain,
+                                           extra), atol=1e-6)
+
+
 def test_palette_power_sharpens_items_towards_their_dominant_colour():
     items = _descriptors({BLACK: 0.75, WHITE: 0.25}, {GREY: 1.0})
     styles = _descriptors({BLACK: 0.5, WHITE: 0.5}, {GREY: 1.0})
