@@ -245,7 +245,8 @@ def _summary(result: dict) -> str:
              f"{matcher['palette']} (power {matcher.get('palette_power', 1.0)}), hubness "
              f"{matcher['hubness']} (k {matcher['hub_k']}, temperature "
              f"{matcher['hub_temperature']}, max share {matcher['max_share']}), "
-             f"{matcher['max_centroids']} centroid(s) per shopper"]
+             f"{matcher['max_centroids']} centroid(s) per shopper, personal mix of "
+             f"{matcher['mix_k']} at temperature {matcher['temperature']}"]
     for judge, c in result["colour"].items():
         lines.append(f"colour agreement ({judge}): mean percentile {c['mean_percentile']:.3f} "
                      f"[{c['ci_low']:.3f}, {c['ci_high']:.3f}] over {c['users']} (random 0.5)")

@@ -961,7 +961,9 @@ def test_style_report_command_writes_the_page_and_a_record_of_what_made_it(tmp_p
     assert result["environment"]["versions"]["numpy"] == np.__version__
     page = (out / "index.html").read_text()
     assert "the label judge as the matcher" in page and "Red-0" in page
-    assert "colour agreement (labels): mean percentile 0.000" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "colour agreement (labels): mean percentile 0.000" in printed
+    assert "personal mix of 2 at temperature 0.01" in printed
 
 
 def test_the_clip_block_is_configured_through_the_spec(colour_shop, tiny_clip, tmp_path):
