@@ -530,7 +530,7 @@ class LearnedRanker:
                     raise ValueError(f"source {spec['name']!r} needs item_ids and "
                                      "item_vectors at fit")
                 source.set_embeddings(self.embedded_ids_, self.item_vectors_)
-            if getattr(source, "needs_groups", False):
+            if source.needs_groups:
                 if self.item_groups_ is None:
                     raise ValueError(f"source {spec['name']!r} with group={GIVEN_GROUPS!r} "
                                      "needs item_groups at fit")

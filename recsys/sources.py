@@ -65,6 +65,7 @@ class CandidateSource(ABC):
     """
 
     name: ClassVar[str] = "base"
+    needs_groups: bool = False  # True: set_groups() must be called before fit()
 
     @property
     def params(self) -> dict[str, Any]:
@@ -478,7 +479,7 @@ class ChainSource(CandidateSource):
     @property
     def needs_groups(self) -> bool:
         """Whether a member needs :meth:`set_groups` before :meth:`fit`."""
-        return any(getattr(m, "needs_groups", False) for m in self._members())
+        return any(m.needs_groups for m in self._members())
 
     def set_groups(self, groups: Mapping[str, str]) -> ChainSource:
         """Give the item → group mapping to the members that need it; returns ``self``."""
@@ -492,7 +493,7 @@ class ChainSource(CandidateSource):
         """Fit every member on the events before the cut-off; returns ``self``."""
         members = self._members()
         for member in members:
-            if getattr(member, "needs_groups", False):
+            if member.needs_groups:
                 if not hasattr(self, "_given"):
                     raise ValueError("chain member 'family' with group='item_groups': call "
                                      "set_groups() before fit (the learned ranker does, given "
