@@ -45,7 +45,7 @@ array([0.5])
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -293,6 +293,26 @@ def near_sets(judges: Judges, catalog: Sequence[str], fraction: float = 0.1, see
     return out
 
 
+def near_shares(bought: Sequence[str], near: list[set[str]]) -> np.ndarray:
+    """``[n_styles]``: the share of ``bought`` in each style's near set."""
+    return np.array([sum(i in s for i in bought) / len(bought) for s in near])
+
+
+def record_label_percentiles(result: Mapping[str, Any], judges: Judges,
+                             library: Sequence[str]) -> dict[str, float]:
+    """unit -> the label-judge percentile of its matched reference, from a
+    ``style-report`` record's per-unit rows (units with labels)."""
+    if list(result["params"]["library"]) != list(library):
+        raise ValueError("the record was made with a different style library")
+    row = {s: i for i, s in enumerate(library)}
+    out = {}
+    for unit in result["units"]:
+        d = judges.label_distances(unit["items"])
+        if d is not None:
+            out[unit["unit"]] = float(percentiles(d[None], np.array([row[unit["style"]]]))[0])
+    return out
+
+
 def behaviour_lift(future: dict[str, list[str]], matched: dict[str, int],
                    near: list[set[str]], seed: int = 0) -> dict[str, float]:
     """Share of each shopper's later purchases near their matched style vs near a random style.
@@ -305,8 +325,7 @@ def behaviour_lift(future: dict[str, list[str]], matched: dict[str, int],
     users = [u for u in future if u in matched and future[u]]
     hit_matched, hit_random = [], []
     for u in users:
-        bought = future[u]
-        shares = np.array([sum(i in s for i in bought) / len(bought) for s in near])
+        shares = near_shares(future[u], near)
         hit_matched.append(shares[matched[u]])
         hit_random.append(shares.mean())
     m, r = np.array(hit_matched), np.array(hit_random)
@@ -385,6 +404,12 @@ def judge_as_matcher(histories: dict[str, list[str]], older: dict[str, list[str]
 
     out["colour_mode"] = stability(mode(older), mode(newer))
     return out
+
+
+def unit_histories(frame: pd.DataFrame, unit_col: str = "unit",
+                   item_col: str = "article_id") -> dict[str, list[str]]:
+    """unit -> its distinct items, sorted."""
+    return {u: sorted(set(g)) for u, g in frame.groupby(unit_col)[item_col]}
 
 
 def split_halves(frame: pd.DataFrame, user_col: str, time_col: str

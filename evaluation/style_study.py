@@ -48,6 +48,7 @@ from evaluation.style_fit import (
     near_sets,
     split_halves,
     stability,
+    unit_histories,
 )
 from recsys.aesthetic import AestheticEncoder, AestheticMatcher, StyleLibrary, palette_colours
 from recsys.catalog import Catalog
@@ -183,7 +184,7 @@ def style_fit_study(
     older, newer = split_halves(frame, "unit", "day")
     m_old, m_new = match(older), match(newer)
     names = library.ids
-    histories = {u: sorted(set(g)) for u, g in frame.groupby("unit")["article_id"]}
+    histories = unit_histories(frame)
     judges = Judges.build(library.paths, articles,
                           {i: str(catalog.path(i)) for i in item_ids} if kmeans_judge else None)
     result: dict[str, Any] = {
@@ -208,8 +209,7 @@ def style_fit_study(
         result["behaviour"] = behaviour_lift(future, matches.nearest, near)
     result["judge_as_matcher"] = judge_as_matcher(
         {u: histories[u] for u in matches.nearest},
-        *({u: sorted(set(g)) for u, g in part.groupby("unit")["article_id"]}
-          for part in (older, newer)),
+        unit_histories(older), unit_histories(newer),
         judges, names, matcher.max_share, future if windows else None, near)
     rows = {item: r for r, item in enumerate(item_ids)}
     result["units"] = [

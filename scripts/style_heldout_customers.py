@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation.metrics import bootstrap_ci
-from evaluation.style_fit import Judges, percentiles
+from evaluation.style_fit import Judges, record_label_percentiles
 from recsys.aesthetic import StyleLibrary
 
 
@@ -32,19 +32,13 @@ def main() -> None:
 
     result = json.loads(args.results.read_text())
     library = StyleLibrary.from_folder(args.styles, args.exclude_licence or None)
-    if library.ids != result["params"]["library"]:
-        raise ValueError(f"{args.styles} is not the library of {args.results}")
     judges = Judges.build(library.paths, pd.read_csv(args.articles, dtype={"article_id": str}),
                           None)
     chosen_on = set(pd.read_csv(args.chosen_on, dtype=str)["customer_id"])
     groups: dict[str, list[float]] = {"chosen-on customers": [], "other customers": []}
-    for unit in result["units"]:
-        distances = judges.label_distances(unit["items"])
-        if distances is not None:
-            matched = np.array([library.ids.index(unit["style"])])
-            seen = unit["unit"].split("@")[0] in chosen_on
-            groups["chosen-on customers" if seen else "other customers"].append(
-                float(percentiles(distances[None], matched)[0]))
+    for unit, percentile in record_label_percentiles(result, judges, library.ids).items():
+        seen = unit.split("@")[0] in chosen_on
+        groups["chosen-on customers" if seen else "other customers"].append(percentile)
     out = {}
     for name, values in groups.items():
         low, high = bootstrap_ci(values) if values else (float("nan"), float("nan"))

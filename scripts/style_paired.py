@@ -24,22 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evaluation.style_fit import Judges, near_sets, percentiles
+from evaluation.style_fit import Judges, near_sets, near_shares, record_label_percentiles
 from evaluation.style_study import history_units
 from recsys.aesthetic import StyleLibrary
-
-
-def label_percentiles(result: dict, judges: Judges, library: list[str]) -> dict[str, float]:
-    """unit -> the label-judge percentile of its matched reference (units with labels)."""
-    if result["params"]["library"] != library:
-        raise ValueError("the runs were made with different style libraries")
-    row = {s: i for i, s in enumerate(library)}
-    out = {}
-    for unit in result["units"]:
-        d = judges.label_distances(unit["items"])
-        if d is not None:
-            out[unit["unit"]] = float(percentiles(d[None], np.array([row[unit["style"]]]))[0])
-    return out
 
 
 def window_shares(result: dict, future: dict[str, list[str]], near: list[set[str]],
@@ -51,7 +38,7 @@ def window_shares(result: dict, future: dict[str, list[str]], near: list[set[str
     for unit in result["units"]:
         bought = future.get(unit["unit"])
         if bought:
-            shares = np.array([sum(i in s for i in bought) / len(bought) for s in near])
+            shares = near_shares(bought, near)
             out[unit["unit"]] = (float(shares[row[unit["style"]]]), float(shares.mean()))
     return out
 
@@ -72,7 +59,7 @@ def main() -> None:
     articles = pd.read_csv(args.articles, dtype={"article_id": str})
     judges = Judges.build(library.paths, articles)
     results = [json.loads((r / "results.json").read_text()) for r in args.runs]
-    runs = [label_percentiles(result, judges, library.ids) for result in results]
+    runs = [record_label_percentiles(result, judges, library.ids) for result in results]
     units = sorted(runs[0])
     resamples = np.random.default_rng(args.seed).integers(0, len(units), (1000, len(units)))
     rows = []
