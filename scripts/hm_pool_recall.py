@@ -13,10 +13,8 @@ import json
 import logging
 from pathlib import Path
 
-from evaluation.adapters import _image_embeddings, _prices
+from evaluation.adapters import LearnedSlates
 from recsys.interactions import load_interactions
-from recsys.learned_ranker import LearnedRanker
-from recsys.taste import EmbeddingPCA
 
 
 def main() -> None:
@@ -28,14 +26,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     models = json.loads(args.config.read_text())["models"]
     params = next(m for m in models if m["name"] == "learned-chain")["params"]
-    data = load_interactions(args.hm / "transactions.csv")
-    ids, vectors = _image_embeddings(str((args.hm / "images").resolve()), args.cache,
-                                     "efficientnet-lite0")
-    vectors = EmbeddingPCA(128).fit(vectors).transform(vectors)
-    prices = _prices(str(args.hm / "transactions.csv"), "customer_id", "article_id", "t_dat",
-                     "price")
-    ranker = LearnedRanker(params["sources"]).fit(
-        data, ids, vectors, item_groups={i: i[:7] for i in ids}, prices=prices)
+    # the backtest's own adapter: the same embeddings, projection, groups and prices
+    ranker = LearnedSlates(**params | {"cache_dir": args.cache}).fit(
+        load_interactions(args.hm / "transactions.csv")).model_
     print(json.dumps({"n_candidates": ranker.n_candidates, "pool_recall": ranker.pool_recall_,
                       "choice": ranker.choice_, "validation_gain": ranker.validation_gain_}))
 
