@@ -2,7 +2,8 @@
 correction: the judges' mean percentile of every shopper's 1st..5th reference, the mean
 Spearman correlation (per shopper, over the references) between the similarity and minus
 the judge's distance, and how the 1st choices pile up. Block weights palette 1, texture 0,
-style 0 unless ``--params`` says otherwise; whole demo histories, half-life 60 days.
+style 0, items' palettes as measured (power 1, rounds 4 and 5) unless ``--params`` says
+otherwise; whole demo histories, half-life 60 days.
 
 Run (from a checkout next to ``shared/``; descriptors from the cache)::
 
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from evaluation.style_fit import Judges, percentiles
+from evaluation.style_fit import Judges, percentiles, unit_histories
 from evaluation.style_study import study_data
 from recsys.aesthetic import PALETTE_SIMILARITIES, AestheticMatcher, StyleLibrary
 from recsys.interactions import Interactions
@@ -35,7 +36,7 @@ def main() -> None:
     parser.add_argument("--exclude-licence", default="tests only")
     parser.add_argument("--cache-dir", type=Path, default=Path("/work/cache/aesthetic"))
     parser.add_argument("--params", default='{"block_weights": {"palette": 1, "texture": 0, '
-                        '"style": 0}, "hubness": null}',
+                        '"style": 0}, "hubness": null, "palette_power": 1}',
                         help="AestheticMatcher parameters as JSON (palette is set per row)")
     parser.add_argument("--half-life-days", type=float, default=60.0)
     args = parser.parse_args()
@@ -50,7 +51,7 @@ def main() -> None:
     judges = Judges.build(library.paths, articles,
                           {i: str(study.catalog.path(i)) for i in item_ids})
     data = Interactions.from_frame(frame, "unit", "article_id", "t_dat")
-    histories = {u: sorted(set(g)) for u, g in frame.groupby("unit")["article_id"]}
+    histories = unit_histories(frame)
     params = json.loads(args.params)
     out = {"params": params}
     for palette in PALETTE_SIMILARITIES:
